@@ -1,0 +1,221 @@
+//! The CA's network edge: TLS 1.3 (server-authenticated with the CA's own SVID), HTTP/2, gRPC.
+//!
+//! Hostile or broken clients are bounded here, before any CA logic runs: a connection cap,
+//! a TLS handshake time-out, a per-request time-out (which also bounds slow request bodies),
+//! a maximum connection age, HTTP/2 header-list and message-size limits, and keep-alive pings
+//! that drop dead peers. Each connection is its own task, so a stalled one never delays others.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+use ward_lib_api::ca::certificate_service_server::CertificateServiceServer;
+use ward_lib_identity::SpiffeId;
+
+use crate::authority::Authority;
+use crate::clock::Clock;
+use crate::csr::verify_csr;
+use crate::service::{IssuerService, PeerAddr};
+
+/// Limits applied to every client.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub handshake_timeout: Duration,
+    pub request_timeout: Duration,
+    pub max_connections: usize,
+    pub max_connection_age: Duration,
+    /// Largest gRPC request message accepted.
+    pub max_message_bytes: usize,
+    pub max_header_list_bytes: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            max_connections: 4096,
+            max_connection_age: Duration::from_secs(300),
+            max_message_bytes: 64 * 1024,
+            max_header_list_bytes: 16 * 1024,
+        }
+    }
+}
+
+/// The CA's serving certificate: an SVID it issues to itself, renewed at half-life.
+#[derive(Debug)]
+pub struct ServingCert {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ServingCert {
+    /// Issues the first certificate for `id`, valid for `ttl`.
+    pub fn issue(
+        authority: &Authority,
+        id: &SpiffeId,
+        ttl: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Arc<Self>, String> {
+        let ck = self_issue(authority, id, ttl, clock)?;
+        Ok(Arc::new(Self {
+            current: ArcSwap::from_pointee(ck),
+        }))
+    }
+
+    /// Renews the certificate at half-life until the returned task is dropped/aborted.
+    pub fn spawn_renewal(
+        self: &Arc<Self>,
+        authority: Arc<Authority>,
+        id: SpiffeId,
+        ttl: Duration,
+        clock: Arc<dyn Clock>,
+    ) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 2).await;
+                match self_issue(&authority, &id, ttl, clock.as_ref()) {
+                    Ok(ck) => me.current.store(Arc::new(ck)),
+                    Err(e) => tracing::error!(error = %e, "renewing the CA serving certificate"),
+                }
+            }
+        })
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+fn self_issue(
+    authority: &Authority,
+    id: &SpiffeId,
+    ttl: Duration,
+    clock: &dyn Clock,
+) -> Result<CertifiedKey, String> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .map_err(|e| e.to_string())?;
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .map_err(|e| e.to_string())?;
+    let verified = verify_csr(csr.der()).map_err(|e| e.to_string())?;
+    let issued = authority
+        .sign(&verified, id, ttl, clock.now())
+        .map_err(|e| e.to_string())?;
+    let provider = ward_lib_identity::tls::provider();
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    CertifiedKey::from_der(issued.chain, der, &provider).map_err(|e| e.to_string())
+}
+
+/// TLS 1.3, ALPN h2, server authentication only (clients authenticate with a bearer token).
+pub fn tls_config(certs: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::ServerConfig>, String> {
+    let mut cfg = rustls::ServerConfig::builder_with_provider(ward_lib_identity::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// Accepts connections until `shutdown` resolves. In-flight connections finish on their own.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    service: IssuerService,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let grpc = CertificateServiceServer::new(service)
+        .max_decoding_message_size(opts.max_message_bytes);
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing connection");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let grpc = grpc.clone();
+        let opts = opts.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            serve_connection(tls, peer, grpc, &opts).await;
+        });
+    }
+}
+
+async fn serve_connection(
+    tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: SocketAddr,
+    grpc: CertificateServiceServer<IssuerService>,
+    opts: &ServerOptions,
+) {
+    let request_timeout = opts.request_timeout;
+    let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        let grpc = grpc.clone();
+        async move {
+            let call = grpc.oneshot(req);
+            match tokio::time::timeout(request_timeout, call).await {
+                Ok(result) => result,
+                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
+                    "request not completed within {request_timeout:?}"
+                ))
+                .into_http()),
+            }
+        }
+    });
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(32)
+        .max_header_list_size(opts.max_header_list_bytes)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
+    match tokio::time::timeout(opts.max_connection_age, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "connection ended with an error"),
+        Err(_) => tracing::debug!(%peer, "connection reached its maximum age"),
+    }
+}
