@@ -72,7 +72,11 @@ pub struct BootstrapTokens {
 }
 
 impl BootstrapTokens {
-    pub fn new(key: [u8; 32], directory: Arc<dyn WorkloadDirectory>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(
+        key: [u8; 32],
+        directory: Arc<dyn WorkloadDirectory>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Self {
             key,
             directory,
@@ -99,7 +103,9 @@ impl BootstrapTokens {
             parts.next(),
             parts.next(),
         ) else {
-            return Err(AuthError::Malformed("expected wardbt1:<node>:<expiry>:<mac>"));
+            return Err(AuthError::Malformed(
+                "expected wardbt1:<node>:<expiry>:<mac>",
+            ));
         };
         if prefix != PREFIX {
             return Err(AuthError::Malformed("unknown token type"));
@@ -158,7 +164,9 @@ pub fn bearer(value: Option<&str>) -> Result<&str, AuthError> {
     let v = value.ok_or(AuthError::Missing)?;
     let token = v
         .strip_prefix("Bearer ")
-        .ok_or(AuthError::Malformed("authorization is not 'Bearer <token>'"))?
+        .ok_or(AuthError::Malformed(
+            "authorization is not 'Bearer <token>'",
+        ))?
         .trim();
     if token.is_empty() {
         return Err(AuthError::Missing);

@@ -12,13 +12,13 @@ use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
+use ::time::OffsetDateTime;
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber, SubjectPublicKeyInfo,
     PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::CertificateDer;
-use ::time::OffsetDateTime;
 use ward_lib_identity::bundle::parse_pem_certs;
 use ward_lib_identity::svid::{verify_svid, PeerRole};
 use ward_lib_identity::{SpiffeId, TrustBundle, TrustDomain};
@@ -182,7 +182,9 @@ impl Authority {
         };
         let key = KeyPair::from_pem(&pem.key).map_err(|e| AuthorityError::Key(e.to_string()))?;
         if key.algorithm() != &PKCS_ECDSA_P256_SHA256 {
-            return Err(AuthorityError::Key("the signing key must be ECDSA P-256".into()));
+            return Err(AuthorityError::Key(
+                "the signing key must be ECDSA P-256".into(),
+            ));
         }
 
         let (_, parsed) = X509Certificate::from_der(&signing_cert)
@@ -395,15 +397,19 @@ fn verify_signed_by(
         X509Certificate::from_der(child).map_err(|e| AuthorityError::Chain(e.to_string()))?;
     let (_, p) =
         X509Certificate::from_der(parent).map_err(|e| AuthorityError::Chain(e.to_string()))?;
-    c.verify_signature(Some(p.public_key()))
-        .map_err(|_| AuthorityError::Chain(format!("'{}' is not signed by '{}'", c.subject(), p.subject())))
+    c.verify_signature(Some(p.public_key())).map_err(|_| {
+        AuthorityError::Chain(format!(
+            "'{}' is not signed by '{}'",
+            c.subject(),
+            p.subject()
+        ))
+    })
 }
 
 fn san_uri(uri: &str) -> Result<SanType, AuthorityError> {
-    Ok(SanType::URI(
-        uri.try_into()
-            .map_err(|e: rcgen::Error| AuthorityError::Generate(e.to_string()))?,
-    ))
+    Ok(SanType::URI(uri.try_into().map_err(
+        |e: rcgen::Error| AuthorityError::Generate(e.to_string()),
+    )?))
 }
 
 fn random_serial() -> SerialNumber {

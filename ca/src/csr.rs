@@ -48,8 +48,8 @@ pub fn verify_csr(der: &[u8]) -> Result<VerifiedCsr, CsrError> {
     if der.len() > MAX_CSR_LEN {
         return Err(CsrError::TooLarge(der.len()));
     }
-    let (rest, csr) = X509CertificationRequest::from_der(der)
-        .map_err(|e| CsrError::Malformed(e.to_string()))?;
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|e| CsrError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CsrError::TrailingData(rest.len()));
     }

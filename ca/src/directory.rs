@@ -75,7 +75,10 @@ pub fn parse_nodes(text: &str) -> Result<Index, String> {
     let mut index = Index::new();
     for (i, node) in file.nodes.iter().enumerate() {
         if !is_dns1123_subdomain(&node.name) {
-            return Err(format!("nodes[{i}].name: {:?} is not a valid node name", node.name));
+            return Err(format!(
+                "nodes[{i}].name: {:?} is not a valid node name",
+                node.name
+            ));
         }
         let set = index.entry(node.name.clone()).or_default();
         for (j, w) in node.workloads.iter().enumerate() {
@@ -125,7 +128,9 @@ impl FileDirectory {
     /// Re-reads the file if it changed; keeps the last good index on error.
     fn current(&self) -> Arc<Index> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mtime = std::fs::metadata(&self.path).and_then(|m| m.modified()).ok();
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| m.modified())
+            .ok();
         if mtime.is_some() && mtime != state.0 {
             state.0 = mtime;
             match std::fs::read_to_string(&self.path)

@@ -51,8 +51,8 @@ impl RateLimiter {
             });
         }
         let (tokens, at) = buckets.entry(key.to_owned()).or_insert((burst, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second)
-            .min(burst);
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.limit.per_second).min(burst);
         *at = now;
         if *tokens >= 1.0 {
             *tokens -= 1.0;

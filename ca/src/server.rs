@@ -106,8 +106,8 @@ fn self_issue(
     ttl: Duration,
     clock: &dyn Clock,
 ) -> Result<CertifiedKey, String> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .map_err(|e| e.to_string())?;
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| e.to_string())?;
     let csr = rcgen::CertificateParams::default()
         .serialize_request(&key)
         .map_err(|e| e.to_string())?;
@@ -139,8 +139,8 @@ pub async fn serve(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let grpc = CertificateServiceServer::new(service)
-        .max_decoding_message_size(opts.max_message_bytes);
+    let grpc =
+        CertificateServiceServer::new(service).max_decoding_message_size(opts.max_message_bytes);
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     tokio::pin!(shutdown);
@@ -167,19 +167,18 @@ pub async fn serve(
         let opts = opts.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream))
-                .await
-            {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(opts.handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
             serve_connection(tls, peer, grpc, &opts).await;
         });
     }

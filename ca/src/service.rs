@@ -192,10 +192,10 @@ impl CertificateService for IssuerService {
         request: Request<IssueRequest>,
     ) -> Result<Response<IssueResponse>, Status> {
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
-        let auth_header = request
-            .metadata()
-            .get("authorization")
-            .map(|v| v.to_str().map_err(|_| AuthError::Malformed("authorization is not ASCII")));
+        let auth_header = request.metadata().get("authorization").map(|v| {
+            v.to_str()
+                .map_err(|_| AuthError::Malformed("authorization is not ASCII"))
+        });
         let token = match auth_header {
             None => Err(AuthError::Missing),
             Some(Err(e)) => Err(e),

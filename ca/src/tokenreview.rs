@@ -57,17 +57,14 @@ impl TokenReview {
                 let certs = ward_lib_identity::bundle::parse_pem_certs(pem)
                     .map_err(|e| format!("API server CA: {e}"))?;
                 for c in certs {
-                    roots
-                        .add(c)
-                        .map_err(|e| format!("API server CA: {e}"))?;
+                    roots.add(c).map_err(|e| format!("API server CA: {e}"))?;
                 }
-                let tls = rustls::ClientConfig::builder_with_provider(
-                    ward_lib_identity::tls::provider(),
-                )
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+                let tls =
+                    rustls::ClientConfig::builder_with_provider(ward_lib_identity::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| e.to_string())?
+                        .with_root_certificates(roots)
+                        .with_no_client_auth();
                 hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_only()
@@ -75,13 +72,12 @@ impl TokenReview {
                     .build()
             }
             None => {
-                let tls = rustls::ClientConfig::builder_with_provider(
-                    ward_lib_identity::tls::provider(),
-                )
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth();
+                let tls =
+                    rustls::ClientConfig::builder_with_provider(ward_lib_identity::tls::provider())
+                        .with_safe_default_protocol_versions()
+                        .map_err(|e| e.to_string())?
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth();
                 hyper_rustls::HttpsConnectorBuilder::new()
                     .with_tls_config(tls)
                     .https_or_http()
@@ -94,7 +90,9 @@ impl TokenReview {
             .iter()
             .map(|sa| match sa.split_once('/') {
                 Some((ns, name)) => Ok(format!("system:serviceaccount:{ns}:{name}")),
-                None => Err(format!("allowed service account {sa:?} is not namespace/name")),
+                None => Err(format!(
+                    "allowed service account {sa:?} is not namespace/name"
+                )),
             })
             .collect::<Result<_, _>>()?;
         Ok(Self {
@@ -122,9 +120,8 @@ impl TokenReview {
             .header("content-type", "application/json")
             .header("accept", "application/json");
         if let Some(path) = &self.config.credential_path {
-            let cred = std::fs::read_to_string(path).map_err(|e| {
-                AuthError::Unavailable(format!("reading {}: {e}", path.display()))
-            })?;
+            let cred = std::fs::read_to_string(path)
+                .map_err(|e| AuthError::Unavailable(format!("reading {}: {e}", path.display())))?;
             req = req.header("authorization", format!("Bearer {}", cred.trim()));
         }
         let req = req

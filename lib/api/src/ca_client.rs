@@ -142,9 +142,17 @@ impl CaClient {
         }
         Ok(IssuedSvid {
             id,
-            chain: resp.chain_der.into_iter().map(CertificateDer::from).collect(),
+            chain: resp
+                .chain_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
             key,
-            roots: resp.roots_der.into_iter().map(CertificateDer::from).collect(),
+            roots: resp
+                .roots_der
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect(),
             not_after_unix: resp.not_after_unix,
         })
     }
