@@ -51,14 +51,42 @@ pub trait AuditSink: Send + Sync + 'static {
     fn record(&self, rec: &AuditRecord);
 }
 
-/// Writes each record as one JSON line through `tracing` (target `ward::audit`).
-#[derive(Debug, Default)]
-pub struct TracingAudit;
+/// Writes each record as one JSON object per line (e.g. to stdout, kept apart from the
+/// diagnostic log on stderr so audit trails can be shipped and retained on their own).
+pub struct JsonLinesAudit<W: std::io::Write + Send + 'static>(std::sync::Mutex<W>);
 
-impl AuditSink for TracingAudit {
+impl<W: std::io::Write + Send + 'static> JsonLinesAudit<W> {
+    pub fn new(w: W) -> Self {
+        Self(std::sync::Mutex::new(w))
+    }
+}
+
+impl<W: std::io::Write + Send + 'static> AuditSink for JsonLinesAudit<W> {
     fn record(&self, rec: &AuditRecord) {
-        let line = serde_json::to_string(rec).unwrap_or_default();
-        tracing::info!(target: "ward::audit", audit = %line, "certificate {}", rec.outcome);
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            ts: String,
+            kind: &'static str,
+            #[serde(flatten)]
+            rec: &'a AuditRecord,
+        }
+        let ts = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let line = Line {
+            ts,
+            kind: "ward.ca.audit",
+            rec,
+        };
+        let mut w = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // An audit line that cannot be written is reported on the diagnostic log.
+        if let Err(e) = serde_json::to_writer(&mut *w, &line)
+            .map_err(std::io::Error::from)
+            .and_then(|()| w.write_all(b"\n"))
+            .and_then(|()| w.flush())
+        {
+            tracing::error!(error = %e, "writing an audit record failed");
+        }
     }
 }
 

@@ -51,40 +51,27 @@ pub struct TokenReview {
 
 impl TokenReview {
     pub fn new(config: TokenReviewConfig) -> Result<Self, String> {
-        let connector = match &config.ca_pem {
-            Some(pem) => {
-                let mut roots = rustls::RootCertStore::empty();
-                let certs = ward_lib_identity::bundle::parse_pem_certs(pem)
-                    .map_err(|e| format!("API server CA: {e}"))?;
-                for c in certs {
-                    roots.add(c).map_err(|e| format!("API server CA: {e}"))?;
-                }
-                let tls =
-                    rustls::ClientConfig::builder_with_provider(ward_lib_identity::tls::provider())
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| e.to_string())?
-                        .with_root_certificates(roots)
-                        .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_only()
-                    .enable_http1()
-                    .build()
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(pem) = &config.ca_pem {
+            let certs = ward_lib_identity::bundle::parse_pem_certs(pem)
+                .map_err(|e| format!("API server CA: {e}"))?;
+            for c in certs {
+                roots.add(c).map_err(|e| format!("API server CA: {e}"))?;
             }
-            None => {
-                let tls =
-                    rustls::ClientConfig::builder_with_provider(ward_lib_identity::tls::provider())
-                        .with_safe_default_protocol_versions()
-                        .map_err(|e| e.to_string())?
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new()
-                    .with_tls_config(tls)
-                    .https_or_http()
-                    .enable_http1()
-                    .build()
-            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(ward_lib_identity::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let builder = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls);
+        // Without a CA file only plain http:// is usable (tests); with one, https is required.
+        let builder = if config.ca_pem.is_some() {
+            builder.https_only()
+        } else {
+            builder.https_or_http()
         };
+        let connector = builder.enable_http1().build();
         let allowed_users = config
             .allowed_service_accounts
             .iter()

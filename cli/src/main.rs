@@ -1,1 +1,48 @@
-fn main() {}
+//! `ward`: the operator and developer command line.
+//!
+//! Thin by design: argument parsing and output formatting only. Every rule it applies lives in
+//! a library crate (`ward-ca`, `ward-lib-identity`), so the CLI and the services never disagree.
+#![forbid(unsafe_code)]
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod ca;
+mod cert;
+
+#[derive(Parser)]
+#[command(
+    name = "ward",
+    version,
+    about = "ward: a zero-trust data plane for Kubernetes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Operate ward's certificate authority.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Inspect certificates.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Cert(cmd) => cert::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ward: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

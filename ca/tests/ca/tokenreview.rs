@@ -84,7 +84,8 @@ async fn answers_of_the_api_server() {
             subject: "system:serviceaccount:ward-system:ward-proxy".into()
         }
     );
-    let cases: Vec<(&str, fn(&AuthError) -> bool)> = vec![
+    type Check = fn(&AuthError) -> bool;
+    let cases: Vec<(&str, Check)> = vec![
         (
             "revoked",
             |e| matches!(e, AuthError::NotAuthenticated(m) if m.contains("invalid bearer token")),
