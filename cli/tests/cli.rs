@@ -566,13 +566,26 @@ impl Drop for Child {
 fn serve_and_request_as_a_node_would() {
     let d = tempfile::tempdir().unwrap();
     let p = d.path();
-    ok(ward(&["ca", "init", "--trust-domain", "cluster.local", "--out", "ca"], p));
+    ok(ward(
+        &[
+            "ca",
+            "init",
+            "--trust-domain",
+            "cluster.local",
+            "--out",
+            "ca",
+        ],
+        p,
+    ));
     std::fs::write(
         p.join("nodes.yaml"),
         "nodes:\n  - name: node-1\n    workloads:\n      - {namespace: default, serviceAccount: web}\n",
     )
     .unwrap();
-    let token = ok(ward(&["ca", "bootstrap-token", "--ca", "ca", "--node", "node-1"], p));
+    let token = ok(ward(
+        &["ca", "bootstrap-token", "--ca", "ca", "--node", "node-1"],
+        p,
+    ));
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -581,17 +594,42 @@ fn serve_and_request_as_a_node_would() {
     let listen = format!("127.0.0.1:{port}");
     let _server = Child(
         Command::new(env!("CARGO_BIN_EXE_ward"))
-            .args(["ca", "serve", "--ca", "ca", "--nodes", "nodes.yaml", "--listen", &listen])
+            .args([
+                "ca",
+                "serve",
+                "--ca",
+                "ca",
+                "--nodes",
+                "nodes.yaml",
+                "--listen",
+                &listen,
+            ])
             .current_dir(p)
-            .stdout(Stdio::from(std::fs::File::create(p.join("audit.log")).unwrap()))
-            .stderr(Stdio::from(std::fs::File::create(p.join("ca.log")).unwrap()))
+            .stdout(Stdio::from(
+                std::fs::File::create(p.join("audit.log")).unwrap(),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(p.join("ca.log")).unwrap(),
+            ))
             .spawn()
             .unwrap(),
     );
     let request = |sa: &str, out: &str| {
         Command::new(env!("CARGO_BIN_EXE_ward"))
-            .args(["ca", "request", "--server", &listen, "--bundle", "ca/root.pem",
-                   "--namespace", "default", "--service-account", sa, "--out", out])
+            .args([
+                "ca",
+                "request",
+                "--server",
+                &listen,
+                "--bundle",
+                "ca/root.pem",
+                "--namespace",
+                "default",
+                "--service-account",
+                sa,
+                "--out",
+                out,
+            ])
             .env("WARD_TOKEN", token.trim())
             .current_dir(p)
             .output()
@@ -608,11 +646,18 @@ fn serve_and_request_as_a_node_would() {
     }
     let t = ok(got);
     assert!(t.contains(ID), "{t}");
-    ok(openssl(&["verify", "-CAfile", "ca/root.pem", "web/cert.pem"], p));
+    ok(openssl(
+        &["verify", "-CAfile", "ca/root.pem", "web/cert.pem"],
+        p,
+    ));
     // An identity not on node-1 is refused with the reason.
     let refused = request("db", "db");
     assert!(!refused.status.success());
-    assert!(text(&refused).contains("PermissionDenied"), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("PermissionDenied"),
+        "{}",
+        text(&refused)
+    );
     assert!(
         text(&refused).contains("default/db is scheduled on node \"node-1\""),
         "{}",
@@ -620,12 +665,17 @@ fn serve_and_request_as_a_node_would() {
     );
     // One JSON audit line per decision, on stdout.
     let log = std::fs::read_to_string(p.join("audit.log")).unwrap();
-    let audits: Vec<serde_json::Value> =
-        log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let audits: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(audits.len(), 2, "{log}");
     assert_eq!(audits[0]["kind"], "ward.ca.audit");
     assert_eq!(audits[0]["outcome"], "issued");
-    assert_eq!(audits[0]["spiffe_id"], "spiffe://cluster.local/ns/default/sa/web");
+    assert_eq!(
+        audits[0]["spiffe_id"],
+        "spiffe://cluster.local/ns/default/sa/web"
+    );
     assert_eq!(audits[1]["outcome"], "refused");
     assert_eq!(audits[1]["code"], "PERMISSION_DENIED");
     assert_eq!(audits[1]["node"], "node-1");
