@@ -7,7 +7,8 @@
 //! trustDomainAliases: []
 //! policies: [./policies/]             # files or directories, relative to this file
 //! documents: []                       # and/or policy documents inline
-//! defaults:                           # merged into every case's request (deep merge)
+//! defaults:                           # merged into every case's request (deep merge;
+//!                                     # an empty mapping in a case replaces instead)
 //!   destination: {namespace: shop, ip: 10.0.0.5, port: 8080, protocol: http}
 //!   source: {ip: 10.0.0.9}
 //! cases:
@@ -118,7 +119,10 @@ impl TestFile {
             .iter()
             .map(|c| {
                 let mut req = self.defaults.clone().unwrap_or(serde_json::Value::Null);
-                merge(&mut req, &c.request);
+                // `request: {}` means "the defaults as they are".
+                if c.request.as_object().is_none_or(|o| !o.is_empty()) {
+                    merge(&mut req, &c.request);
+                }
                 let prepared = serde_json::from_value::<EvalRequest>(req)
                     .map_err(|e| format!("request: {e}"))
                     .and_then(|r| r.prepare(now).map_err(|e| e.to_string()));
@@ -177,10 +181,11 @@ fn compare(c: &TestCase, v: &Verdict) -> Option<String> {
     }
 }
 
-/// Deep-merges `patch` into `base` (objects merge key by key; anything else replaces).
+/// Deep-merges `patch` into `base`: objects merge key by key, except that an empty object
+/// replaces (so a case can say "no headers"); anything else replaces.
 pub fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
     match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) if !p.is_empty() => {
             for (k, v) in p {
                 merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
             }
