@@ -103,13 +103,20 @@ fn parse_value(
         message,
     };
     let Some(map) = value.as_mapping() else {
-        errors.push(err("", "a document must be a mapping with apiVersion and kind".into()));
+        errors.push(err(
+            "",
+            "a document must be a mapping with apiVersion and kind".into(),
+        ));
         return;
     };
     let get = |k: &str| map.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let kind = get("kind").unwrap_or_default();
     if kind == "List" {
-        let items = map.get("items").and_then(|v| v.as_sequence()).cloned().unwrap_or_default();
+        let items = map
+            .get("items")
+            .and_then(|v| v.as_sequence())
+            .cloned()
+            .unwrap_or_default();
         for (j, item) in items.into_iter().enumerate() {
             parse_value(item, &format!("{origin}.items[{j}]"), trust, docs, errors);
         }
@@ -119,7 +126,10 @@ fn parse_value(
     if !API_VERSIONS.contains(&api_version.as_str()) {
         errors.push(err(
             "apiVersion",
-            format!("{api_version:?} is not supported; use one of {}", API_VERSIONS.join(", ")),
+            format!(
+                "{api_version:?} is not supported; use one of {}",
+                API_VERSIONS.join(", ")
+            ),
         ));
         return;
     }
@@ -127,7 +137,10 @@ fn parse_value(
         Some(m) => match serde_path_to_error::deserialize(m.clone()) {
             Ok(m) => m,
             Err(e) => {
-                errors.push(err(&format!("metadata.{}", e.path()), e.inner().to_string()));
+                errors.push(err(
+                    &format!("metadata.{}", e.path()),
+                    e.inner().to_string(),
+                ));
                 return;
             }
         },
@@ -156,25 +169,24 @@ fn parse_value(
             .push("metadata.namespace is not set; assuming \"default\"".into());
     }
     match kind.as_str() {
-        "AuthorizationPolicy" => {
-            match serde_path_to_error::deserialize::<_, RawAuthzSpec>(spec) {
+        "AuthorizationPolicy" => match serde_path_to_error::deserialize::<_, RawAuthzSpec>(spec) {
+            Ok(raw) => {
+                if let Some(p) = compile_authz(&mut cx, id, &meta, raw, trust) {
+                    docs.push(Document::Authorization(p));
+                }
+            }
+            Err(e) => cx.err(&e.path().to_string(), e.inner().to_string()),
+        },
+        "PeerAuthentication" => {
+            match serde_path_to_error::deserialize::<_, RawPeerAuthSpec>(spec) {
                 Ok(raw) => {
-                    if let Some(p) = compile_authz(&mut cx, id, &meta, raw, trust) {
-                        docs.push(Document::Authorization(p));
+                    if let Some(p) = compile_peer_auth(&mut cx, id, raw) {
+                        docs.push(Document::PeerAuthentication(p));
                     }
                 }
                 Err(e) => cx.err(&e.path().to_string(), e.inner().to_string()),
             }
         }
-        "PeerAuthentication" => match serde_path_to_error::deserialize::<_, RawPeerAuthSpec>(spec)
-        {
-            Ok(raw) => {
-                if let Some(p) = compile_peer_auth(&mut cx, id, raw) {
-                    docs.push(Document::PeerAuthentication(p));
-                }
-            }
-            Err(e) => cx.err(&e.path().to_string(), e.inner().to_string()),
-        },
         "" => cx.err("kind", "is required".into()),
         other => cx.err(
             "kind",
@@ -231,12 +243,19 @@ fn compile_authz(
         }
     };
     if raw.provider.is_some() {
-        cx.err("provider", "is only meaningful with action CUSTOM, which ward does not support".into());
+        cx.err(
+            "provider",
+            "is only meaningful with action CUSTOM, which ward does not support".into(),
+        );
     }
     let dry_run = dry_run(cx, meta);
-    let targets = raw.target_ref.is_some() || raw.target_refs.as_ref().is_some_and(|t| !t.is_empty());
+    let targets =
+        raw.target_ref.is_some() || raw.target_refs.as_ref().is_some_and(|t| !t.is_empty());
     if targets && raw.selector.is_some() {
-        cx.err("selector", "cannot be combined with targetRef/targetRefs".into());
+        cx.err(
+            "selector",
+            "cannot be combined with targetRef/targetRefs".into(),
+        );
     }
     if targets {
         cx.warnings.push(
@@ -254,7 +273,13 @@ fn compile_authz(
     }
     let mut rules = Vec::with_capacity(raw_rules.len());
     for (i, r) in raw_rules.iter().enumerate() {
-        rules.push(compile_rule(cx, &format!("rules[{i}]"), r, &id.namespace, trust));
+        rules.push(compile_rule(
+            cx,
+            &format!("rules[{i}]"),
+            r,
+            &id.namespace,
+            trust,
+        ));
     }
     let tcp_rules = rules
         .iter()
@@ -301,7 +326,10 @@ fn compile_selector(
     }
     for (k, v) in &sel.match_labels {
         if k.is_empty() {
-            cx.err("selector.matchLabels", "a label key must not be empty".into());
+            cx.err(
+                "selector.matchLabels",
+                "a label key must not be empty".into(),
+            );
         }
         if v.contains('*') {
             cx.err(
@@ -322,7 +350,10 @@ fn compile_rule(
 ) -> Rule {
     let from = r.from.as_ref().map(|list| {
         if list.is_empty() {
-            cx.err(&format!("{path}.from"), "must not be an empty list (omit it to match any source)".into());
+            cx.err(
+                &format!("{path}.from"),
+                "must not be an empty list (omit it to match any source)".into(),
+            );
         }
         list.iter()
             .enumerate()
@@ -340,7 +371,10 @@ fn compile_rule(
     });
     let to = r.to.as_ref().map(|list| {
         if list.is_empty() {
-            cx.err(&format!("{path}.to"), "must not be an empty list (omit it to match any operation)".into());
+            cx.err(
+                &format!("{path}.to"),
+                "must not be an empty list (omit it to match any operation)".into(),
+            );
         }
         list.iter()
             .enumerate()
@@ -406,10 +440,24 @@ fn compile_source(
 ) -> Source {
     let principal = |v: &str| expand_principal(v, trust);
     let src = Source {
-        principals: field(cx, path, "principals", "notPrincipals", &s.principals, &s.not_principals, principal),
-        namespaces: field(cx, path, "namespaces", "notNamespaces", &s.namespaces, &s.not_namespaces, |v| {
-            single(StringMatch::parse(v, false))
-        }),
+        principals: field(
+            cx,
+            path,
+            "principals",
+            "notPrincipals",
+            &s.principals,
+            &s.not_principals,
+            principal,
+        ),
+        namespaces: field(
+            cx,
+            path,
+            "namespaces",
+            "notNamespaces",
+            &s.namespaces,
+            &s.not_namespaces,
+            |v| single(StringMatch::parse(v, false)),
+        ),
         service_accounts: field(
             cx,
             path,
@@ -419,9 +467,15 @@ fn compile_source(
             &s.not_service_accounts,
             |v| single(service_account(v, policy_ns)),
         ),
-        ip_blocks: field(cx, path, "ipBlocks", "notIpBlocks", &s.ip_blocks, &s.not_ip_blocks, |v| {
-            single(parse_cidr(v))
-        }),
+        ip_blocks: field(
+            cx,
+            path,
+            "ipBlocks",
+            "notIpBlocks",
+            &s.ip_blocks,
+            &s.not_ip_blocks,
+            |v| single(parse_cidr(v)),
+        ),
         remote_ip_blocks: field(
             cx,
             path,
@@ -444,7 +498,11 @@ fn compile_source(
     let sa_count = s.service_accounts.as_ref().map_or(0, Vec::len)
         + s.not_service_accounts.as_ref().map_or(0, Vec::len);
     if sa_count > 0 {
-        if s.principals.is_some() || s.not_principals.is_some() || s.namespaces.is_some() || s.not_namespaces.is_some() {
+        if s.principals.is_some()
+            || s.not_principals.is_some()
+            || s.namespaces.is_some()
+            || s.not_namespaces.is_some()
+        {
             cx.err(
                 &format!("{path}.serviceAccounts"),
                 "cannot be combined with principals or namespaces in the same source".into(),
@@ -464,9 +522,18 @@ fn compile_source(
         || src.remote_ip_blocks.is_set()
         || src.request_principals.is_set();
     let written = [
-        &s.principals, &s.not_principals, &s.namespaces, &s.not_namespaces, &s.service_accounts,
-        &s.not_service_accounts, &s.ip_blocks, &s.not_ip_blocks, &s.remote_ip_blocks,
-        &s.not_remote_ip_blocks, &s.request_principals, &s.not_request_principals,
+        &s.principals,
+        &s.not_principals,
+        &s.namespaces,
+        &s.not_namespaces,
+        &s.service_accounts,
+        &s.not_service_accounts,
+        &s.ip_blocks,
+        &s.not_ip_blocks,
+        &s.remote_ip_blocks,
+        &s.not_remote_ip_blocks,
+        &s.request_principals,
+        &s.not_request_principals,
     ]
     .iter()
     .any(|f| f.as_ref().is_some_and(|v| !v.is_empty()));
@@ -501,7 +568,9 @@ fn expand_principal(v: &str, trust: &TrustConfig) -> Result<Vec<StringMatch>, St
 
 fn service_account(v: &str, policy_ns: &str) -> Result<String, String> {
     if v.contains('*') {
-        return Err(format!("{v:?}: service accounts are exact; wildcards are not allowed"));
+        return Err(format!(
+            "{v:?}: service accounts are exact; wildcards are not allowed"
+        ));
     }
     let (ns, sa) = match v.split_once('/') {
         Some((ns, sa)) => (ns, sa),
@@ -510,7 +579,9 @@ fn service_account(v: &str, policy_ns: &str) -> Result<String, String> {
     if !ward_lib_identity::spiffe_id::is_dns1123_label(ns)
         || !ward_lib_identity::spiffe_id::is_dns1123_subdomain(sa)
     {
-        return Err(format!("{v:?} is not a service account (\"name\" or \"namespace/name\")"));
+        return Err(format!(
+            "{v:?} is not a service account (\"name\" or \"namespace/name\")"
+        ));
     }
     Ok(format!("{ns}/{sa}"))
 }
@@ -520,20 +591,39 @@ fn compile_operation(cx: &mut Cx<'_>, path: &str, o: &RawOperation) -> Operation
         hosts: field(cx, path, "hosts", "notHosts", &o.hosts, &o.not_hosts, |v| {
             single(StringMatch::parse(v, true))
         }),
-        ports: field(cx, path, "ports", "notPorts", &o.ports, &o.not_ports, |v| single(parse_port(v))),
-        methods: field(cx, path, "methods", "notMethods", &o.methods, &o.not_methods, |v| {
-            single(StringMatch::parse(v, false))
+        ports: field(cx, path, "ports", "notPorts", &o.ports, &o.not_ports, |v| {
+            single(parse_port(v))
         }),
-        paths: field(cx, path, "paths", "notPaths", &o.paths, &o.not_paths, |v| single(PathMatch::parse(v))),
+        methods: field(
+            cx,
+            path,
+            "methods",
+            "notMethods",
+            &o.methods,
+            &o.not_methods,
+            |v| single(StringMatch::parse(v, false)),
+        ),
+        paths: field(cx, path, "paths", "notPaths", &o.paths, &o.not_paths, |v| {
+            single(PathMatch::parse(v))
+        }),
     };
     let written = [
-        &o.hosts, &o.not_hosts, &o.ports, &o.not_ports, &o.methods, &o.not_methods, &o.paths,
+        &o.hosts,
+        &o.not_hosts,
+        &o.ports,
+        &o.not_ports,
+        &o.methods,
+        &o.not_methods,
+        &o.paths,
         &o.not_paths,
     ]
     .iter()
     .any(|f| f.as_ref().is_some_and(|v| !v.is_empty()));
     if !written {
-        cx.err(path, "sets no field; an operation must set at least one".into());
+        cx.err(
+            path,
+            "sets no field; an operation must set at least one".into(),
+        );
     }
     op
 }
@@ -586,7 +676,10 @@ fn cond_value(key: &Key, v: &str, trust: &TrustConfig) -> Result<Vec<CondValue>,
         Key::SourceIp | Key::DestinationIp | Key::RemoteIp => vec![CondValue::Cidr(parse_cidr(v)?)],
         Key::DestinationPort => vec![CondValue::Port(parse_port(v)?)],
         Key::TimeWindow => vec![CondValue::Window(TimeWindow::parse(v)?)],
-        Key::SourcePrincipal => expand_principal(v, trust)?.into_iter().map(CondValue::Str).collect(),
+        Key::SourcePrincipal => expand_principal(v, trust)?
+            .into_iter()
+            .map(CondValue::Str)
+            .collect(),
         Key::ConnectionSni => vec![CondValue::Str(StringMatch::parse(v, true)?)],
         _ => vec![CondValue::Str(StringMatch::parse(v, false)?)],
     })
@@ -610,9 +703,10 @@ pub fn parse_key(k: &str) -> Result<Key, String> {
         "time.window" => Key::TimeWindow,
         _ => {
             if let Some(name) = bracketed(k, "request.headers") {
-                let name = name.first().filter(|_| name.len() == 1).ok_or_else(|| {
-                    format!("{k:?}: expected request.headers[NAME]")
-                })?;
+                let name = name
+                    .first()
+                    .filter(|_| name.len() == 1)
+                    .ok_or_else(|| format!("{k:?}: expected request.headers[NAME]"))?;
                 return Ok(Key::RequestHeader(name.to_ascii_lowercase()));
             }
             if let Some(path) = bracketed(k, "request.auth.claims") {
@@ -714,10 +808,17 @@ fn http_only_fields(r: &Rule) -> Vec<String> {
     out
 }
 
-fn compile_peer_auth(cx: &mut Cx<'_>, id: PolicyRef, raw: RawPeerAuthSpec) -> Option<PeerAuthentication> {
+fn compile_peer_auth(
+    cx: &mut Cx<'_>,
+    id: PolicyRef,
+    raw: RawPeerAuthSpec,
+) -> Option<PeerAuthentication> {
     let before = cx.errors.len();
     if raw.port_level_mtls.is_some() {
-        cx.err("portLevelMtls", "is not supported by ward yet; set the mode per workload".into());
+        cx.err(
+            "portLevelMtls",
+            "is not supported by ward yet; set the mode per workload".into(),
+        );
     }
     let mode = match raw.mtls.and_then(|m| m.mode).as_deref() {
         None | Some("UNSET") => None,
@@ -731,7 +832,10 @@ fn compile_peer_auth(cx: &mut Cx<'_>, id: PolicyRef, raw: RawPeerAuthSpec) -> Op
             None
         }
         Some(other) => {
-            cx.err("mtls.mode", format!("{other:?} is not a mode (STRICT, PERMISSIVE, UNSET)"));
+            cx.err(
+                "mtls.mode",
+                format!("{other:?} is not a mode (STRICT, PERMISSIVE, UNSET)"),
+            );
             None
         }
     };

@@ -112,7 +112,9 @@ impl fmt::Display for Decision<'_> {
             (Reason::AllowedByPolicy, Some((p, r))) => {
                 write!(f, "allowed by ALLOW policy {} rule {r}", p.id)
             }
-            (Reason::NoAllowPolicy, _) => f.write_str("allowed: no ALLOW policy applies to the workload"),
+            (Reason::NoAllowPolicy, _) => {
+                f.write_str("allowed: no ALLOW policy applies to the workload")
+            }
             (Reason::NoAllowPolicyMatched, _) => {
                 f.write_str("denied: ALLOW policies apply to the workload but none matched")
             }
@@ -240,21 +242,39 @@ fn sm(m: &StringMatch, v: &str) -> bool {
 
 fn source_matches<T: Tracer>(s: &Source, a: &Attributes<'_>, t: &mut T) -> bool {
     let peer = a.peer;
-    check!(t, s.principals, "source.principals", s.principals.check(peer.map(|p| p.principal.as_str()), sm));
+    check!(
+        t,
+        s.principals,
+        "source.principals",
+        s.principals.check(peer.map(|p| p.principal.as_str()), sm)
+    );
     check!(
         t,
         s.namespaces,
         "source.namespaces",
-        s.namespaces.check(peer.and_then(|p| p.namespace.as_deref()), sm)
+        s.namespaces
+            .check(peer.and_then(|p| p.namespace.as_deref()), sm)
     );
     check!(
         t,
         s.service_accounts,
         "source.serviceAccounts",
-        s.service_accounts.check(peer.and_then(|p| p.service_account.as_deref()), |v, x| v == x)
+        s.service_accounts
+            .check(peer.and_then(|p| p.service_account.as_deref()), |v, x| v
+                == x)
     );
-    check!(t, s.ip_blocks, "source.ipBlocks", s.ip_blocks.check(Some(a.source_ip), |n, ip| n.contains(&ip)));
-    let remote = a.http.and_then(|h| h.remote_ip).or(Some(a.source_ip)).filter(|_| a.http.is_some());
+    check!(
+        t,
+        s.ip_blocks,
+        "source.ipBlocks",
+        s.ip_blocks
+            .check(Some(a.source_ip), |n, ip| n.contains(&ip))
+    );
+    let remote = a
+        .http
+        .and_then(|h| h.remote_ip)
+        .or(Some(a.source_ip))
+        .filter(|_| a.http.is_some());
     check!(
         t,
         s.remote_ip_blocks,
@@ -280,15 +300,27 @@ fn operation_matches<T: Tracer>(o: &Operation, a: &Attributes<'_>, t: &mut T) ->
         t,
         o.hosts,
         "operation.hosts",
-        o.hosts.check(http.map(|h| h.host.as_str()), |m, v| m.matches_fold(v))
+        o.hosts
+            .check(http.map(|h| h.host.as_str()), |m, v| m.matches_fold(v))
     );
-    check!(t, o.ports, "operation.ports", o.ports.check(Some(a.destination_port), |p, x| *p == x));
-    check!(t, o.methods, "operation.methods", o.methods.check(http.map(|h| h.method.as_str()), sm));
+    check!(
+        t,
+        o.ports,
+        "operation.ports",
+        o.ports.check(Some(a.destination_port), |p, x| *p == x)
+    );
+    check!(
+        t,
+        o.methods,
+        "operation.methods",
+        o.methods.check(http.map(|h| h.method.as_str()), sm)
+    );
     check!(
         t,
         o.paths,
         "operation.paths",
-        o.paths.check(http.map(|h| h.path.as_str()), |m, v| m.matches(v))
+        o.paths
+            .check(http.map(|h| h.path.as_str()), |m, v| m.matches(v))
     );
     true
 }
@@ -322,21 +354,36 @@ fn condition_matches<T: Tracer>(i: usize, c: &Condition, a: &Attributes<'_>, t: 
         }
         Key::AuthAudiences => {
             let jwt = a.http.and_then(|h| h.jwt.as_ref());
-            cond_str(c, jwt.into_iter().flat_map(|j| j.audiences.iter().map(String::as_str)))
+            cond_str(
+                c,
+                jwt.into_iter()
+                    .flat_map(|j| j.audiences.iter().map(String::as_str)),
+            )
         }
         Key::AuthPrincipal => cond_str(
             c,
-            a.http.and_then(|h| h.jwt.as_ref()).and_then(|j| j.principal.as_deref()).into_iter(),
+            a.http
+                .and_then(|h| h.jwt.as_ref())
+                .and_then(|j| j.principal.as_deref())
+                .into_iter(),
         ),
         Key::AuthPresenter => cond_str(
             c,
-            a.http.and_then(|h| h.jwt.as_ref()).and_then(|j| j.presenter.as_deref()).into_iter(),
+            a.http
+                .and_then(|h| h.jwt.as_ref())
+                .and_then(|j| j.presenter.as_deref())
+                .into_iter(),
         ),
         Key::SourcePrincipal => cond_str(c, a.peer.map(|p| p.principal.as_str()).into_iter()),
-        Key::SourceNamespace => cond_str(c, a.peer.and_then(|p| p.namespace.as_deref()).into_iter()),
-        Key::SourceServiceAccount => {
-            cond_str(c, a.peer.and_then(|p| p.service_account.as_deref()).into_iter())
+        Key::SourceNamespace => {
+            cond_str(c, a.peer.and_then(|p| p.namespace.as_deref()).into_iter())
         }
+        Key::SourceServiceAccount => cond_str(
+            c,
+            a.peer
+                .and_then(|p| p.service_account.as_deref())
+                .into_iter(),
+        ),
         Key::SourceTrustDomain => cond_str(c, a.peer.map(|p| p.trust_domain.as_str()).into_iter()),
         Key::ConnectionSni => {
             let sni = a.sni;
@@ -351,8 +398,14 @@ fn condition_matches<T: Tracer>(i: usize, c: &Condition, a: &Attributes<'_>, t: 
             let remote = a.http.map(|h| h.remote_ip.unwrap_or(a.source_ip));
             cond_ip(c, remote)
         }
-        Key::DestinationPort => cond_any(c, |v| matches!(v, CondValue::Port(p) if *p == a.destination_port)),
-        Key::TimeWindow => cond_any(c, |v| matches!(v, CondValue::Window(w) if w.contains(a.time))),
+        Key::DestinationPort => cond_any(
+            c,
+            |v| matches!(v, CondValue::Port(p) if *p == a.destination_port),
+        ),
+        Key::TimeWindow => cond_any(
+            c,
+            |v| matches!(v, CondValue::Window(w) if w.contains(a.time)),
+        ),
     };
     t.condition(i, ok);
     ok

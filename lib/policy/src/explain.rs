@@ -17,7 +17,11 @@ struct Trace {
 
 impl Tracer for Trace {
     fn policy(&mut self, p: &Policy) {
-        let dry = if p.dry_run { " (dry-run: reported, not enforced)" } else { "" };
+        let dry = if p.dry_run {
+            " (dry-run: reported, not enforced)"
+        } else {
+            ""
+        };
         let _ = writeln!(self.out, "  {} {}{dry}", p.action, p.id);
     }
 
@@ -89,7 +93,10 @@ pub fn explain(set: &PolicySet, req: &Prepared) -> String {
                     .flatten()
                     .map(|(k, v)| format!("{k}={v}"))
                     .collect();
-                format!("selector {{{}}} does not select the workload", sel.join(","))
+                format!(
+                    "selector {{{}}} does not select the workload",
+                    sel.join(",")
+                )
             };
             format!("  {} {}: {why}", p.action, p.id)
         })

@@ -125,7 +125,11 @@ impl PolicySet {
 
     /// The policies that apply to a workload, in a stable order (root namespace first, then
     /// by namespace/name). Compute once per workload and reuse for every connection.
-    pub fn for_workload(&self, namespace: &str, labels: &BTreeMap<String, String>) -> WorkloadPolicies {
+    pub fn for_workload(
+        &self,
+        namespace: &str,
+        labels: &BTreeMap<String, String>,
+    ) -> WorkloadPolicies {
         let mut out: Vec<Arc<Policy>> = Vec::new();
         let mut scan = |ns: &str| {
             if let Some(idx) = self.by_ns.get(ns) {
@@ -142,9 +146,7 @@ impl PolicySet {
             scan(namespace);
         }
         let root = &self.root_namespace;
-        out.sort_by(|a, b| {
-            (a.id.namespace != *root, &a.id).cmp(&(b.id.namespace != *root, &b.id))
-        });
+        out.sort_by(|a, b| (a.id.namespace != *root, &a.id).cmp(&(b.id.namespace != *root, &b.id)));
         WorkloadPolicies { policies: out }
     }
 
@@ -160,7 +162,11 @@ impl PolicySet {
             self.peer_auth
                 .iter()
                 .filter(|p| p.id.namespace == ns && p.selector.is_some() == selected)
-                .filter(|p| p.selector.as_ref().is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v))))
+                .filter(|p| {
+                    p.selector
+                        .as_ref()
+                        .is_none_or(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+                })
                 .find_map(|p| p.mode)
         };
         pick(namespace, true)

@@ -65,7 +65,9 @@ impl StringMatch {
         }
         match self {
             StringMatch::Exact(e) => eq(s, e),
-            StringMatch::Prefix(p) => s.len() >= p.len() && s.is_char_boundary(p.len()) && eq(&s[..p.len()], p),
+            StringMatch::Prefix(p) => {
+                s.len() >= p.len() && s.is_char_boundary(p.len()) && eq(&s[..p.len()], p)
+            }
             StringMatch::Suffix(x) => {
                 s.len() >= x.len()
                     && s.is_char_boundary(s.len() - x.len())
@@ -182,7 +184,11 @@ mod tests {
             ("*", "", false),
         ];
         for (pat, s, want) in cases {
-            assert_eq!(StringMatch::parse(pat, false).unwrap().matches(s), want, "{pat} vs {s}");
+            assert_eq!(
+                StringMatch::parse(pat, false).unwrap().matches(s),
+                want,
+                "{pat} vs {s}"
+            );
         }
         for bad in ["a*b", "**", "*a*", ""] {
             assert!(StringMatch::parse(bad, false).is_err(), "{bad}");

@@ -161,7 +161,11 @@ mod tests {
             ("/ü", "/ü"),
         ];
         for (input, want) in ok {
-            assert_eq!(normalize(input, Ambiguous::Reject).as_deref(), Ok(want), "{input}");
+            assert_eq!(
+                normalize(input, Ambiguous::Reject).as_deref(),
+                Ok(want),
+                "{input}"
+            );
         }
         let bad = [
             ("/admin;x", PathError::Semicolon),

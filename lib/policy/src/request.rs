@@ -187,9 +187,10 @@ fn jwt_from_claims(claims: &serde_json::Map<String, serde_json::Value>) -> Jwt {
     };
     let audiences = match claims.get("aud") {
         Some(serde_json::Value::String(a)) => vec![a.clone()],
-        Some(serde_json::Value::Array(a)) => {
-            a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
-        }
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
         _ => Vec::new(),
     };
     Jwt {
@@ -241,7 +242,8 @@ pub fn decide(set: &PolicySet, req: &Prepared) -> Verdict {
         && set.mtls_mode(&req.namespace, &req.labels) == MtlsMode::Strict
     {
         return refusal(
-            "plaintext refused before policy: the destination's peer authentication is STRICT".into(),
+            "plaintext refused before policy: the destination's peer authentication is STRICT"
+                .into(),
         );
     }
     let wp = set.for_workload(&req.namespace, &req.labels);
@@ -269,7 +271,10 @@ pub fn verdict(d: &Decision<'_>) -> Verdict {
                 "; dry-run {} policy {} would match (rule {r})",
                 p.action, p.id
             )),
-            None => reason.push_str(&format!("; dry-run {} policy {} would not match", p.action, p.id)),
+            None => reason.push_str(&format!(
+                "; dry-run {} policy {} would not match",
+                p.action, p.id
+            )),
         }
     }
     Verdict {

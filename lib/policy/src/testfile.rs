@@ -63,7 +63,9 @@ pub struct TestCase {
     pub audit: Option<Vec<String>>,
 }
 
-fn explicit_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+fn explicit_null<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Option<String>>, D::Error> {
     Option::<String>::deserialize(d).map(Some)
 }
 
@@ -100,7 +102,9 @@ impl TestFile {
     }
 
     pub fn root_namespace(&self) -> &str {
-        self.root_namespace.as_deref().unwrap_or(DEFAULT_ROOT_NAMESPACE)
+        self.root_namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_ROOT_NAMESPACE)
     }
 
     /// The inline documents as one YAML text (for [`PolicySet::parse`]).

@@ -35,7 +35,7 @@ impl TimeWindow {
     pub fn parse(v: &str) -> Result<Self, String> {
         let parts: Vec<&str> = v.split_whitespace().collect();
         let (days, range, zone) = match parts.as_slice() {
-            [range, zone] => (0x7f, *range, *zone),
+            [range, zone] if range.contains(':') => (0x7f, *range, *zone),
             [days, range, zone] => (parse_days(days).map_err(|e| format!("{v:?}: {e}"))?, *range, *zone),
             _ => {
                 return Err(format!(
@@ -65,8 +65,8 @@ impl TimeWindow {
     pub fn contains(&self, t: Timestamp) -> bool {
         let local = t.to_zoned(self.tz.clone());
         let day = weekday_index(local.weekday());
-        let minute = u16::try_from(i32::from(local.hour()) * 60 + i32::from(local.minute()))
-            .unwrap_or(0);
+        let minute =
+            u16::try_from(i32::from(local.hour()) * 60 + i32::from(local.minute())).unwrap_or(0);
         let on = |d: u8| self.days & (1 << d) != 0;
         if self.start_min < self.end_min {
             on(day) && minute >= self.start_min && minute < self.end_min

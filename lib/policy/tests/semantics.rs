@@ -23,8 +23,12 @@ fn semantic_cases() {
         let tf = TestFile::parse(&std::fs::read_to_string(f).unwrap())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let docs = tf.inline_documents().unwrap();
-        let set = PolicySet::parse(tf.root_namespace(), tf.trust(), [(name.as_str(), docs.as_str())])
-            .unwrap_or_else(|e| panic!("{name}: {e:#?}"));
+        let set = PolicySet::parse(
+            tf.root_namespace(),
+            tf.trust(),
+            [(name.as_str(), docs.as_str())],
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e:#?}"));
         for r in tf.run(&set, now) {
             total += 1;
             if let Some(why) = r.failure {
@@ -32,7 +36,12 @@ fn semantic_cases() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} failing cases:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing cases:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(total >= 150, "only {total} semantic cases");
     println!("{total} semantic cases passed");
 }
