@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod ca;
 mod cert;
+mod policy;
 
 #[derive(Parser)]
 #[command(
@@ -30,6 +31,9 @@ enum Command {
     /// Inspect certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Validate, evaluate, explain and test authorization policies.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
     };
     match result {
         Ok(code) => code,
