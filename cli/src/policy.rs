@@ -82,34 +82,10 @@ impl TrustArgs {
 fn policy_files(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for p in paths {
-        collect(p, &mut out).with_context(|| format!("reading {}", p.display()))?;
+        ward_lib_api::config::policy_files(p, &mut out)
+            .with_context(|| format!("reading {}", p.display()))?;
     }
     Ok(out)
-}
-
-fn collect(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if p.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(p)?
-            .map(|e| e.map(|e| e.path()))
-            .collect::<Result<_, _>>()?;
-        entries.sort();
-        for e in entries {
-            let name = e.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            // `*.test.yaml` files are `ward policy test` files, not policies.
-            let is_policy =
-                (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
-                    && !name.ends_with(".test.yaml")
-                    && !name.ends_with(".test.yml");
-            if e.is_dir() || is_policy {
-                collect(&e, out)?;
-            }
-        }
-    } else {
-        // A named file is read whatever its extension; a missing one is an error.
-        std::fs::metadata(p)?;
-        out.push(p.to_owned());
-    }
-    Ok(())
 }
 
 /// Reads the files as `(origin, text)` pairs.

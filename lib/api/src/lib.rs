@@ -1,7 +1,8 @@
 //! Wire protocols between ward components, generated from `proto/`.
 //!
-//! Only message and service definitions live here; no component logic. The CA issuing service
-//! (`ward.ca.v1`) is the first; the control stream joins it.
+//! Message and service definitions, the CA client, and the mesh configuration model shared by
+//! the proxy (local mode) and the control component; no component logic. The CA issuing
+//! service (`ward.ca.v1`) is the first protocol; the control stream joins it.
 #![forbid(unsafe_code)]
 
 /// `ward.ca.v1`: certificate issuance.
@@ -11,3 +12,4 @@ pub mod ca {
 }
 
 pub mod ca_client;
+pub mod config;
