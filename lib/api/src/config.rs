@@ -184,18 +184,24 @@ pub struct Snapshot {
     pub version: String,
 }
 
-/// Why a configuration was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct ConfigError(pub String);
+/// Everything a snapshot is built from, read from disk, with a content fingerprint.
+#[derive(Debug)]
+pub struct Inputs {
+    pub file: MeshFile,
+    pub bundle_pem: String,
+    pub policy_texts: Vec<(String, String)>,
+    /// FNV-1a over every input's bytes: equal fingerprints mean an unchanged configuration.
+    pub version: String,
+}
 
-impl Snapshot {
-    /// Reads and validates the mesh file and everything it names.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+impl Inputs {
+    pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let file: MeshFile = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text))
-            .map_err(|e| ConfigError(format!("{}: {}: {}", path.display(), e.path(), e.inner())))?;
+        let file: MeshFile =
+            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text)).map_err(
+                |e| ConfigError(format!("{}: {}: {}", path.display(), e.path(), e.inner())),
+            )?;
         let base = path.parent().unwrap_or(Path::new("."));
         let bundle_path = base.join(&file.trust_bundle);
         let bundle_pem = std::fs::read_to_string(&bundle_path)
@@ -208,10 +214,29 @@ impl Snapshot {
         let mut hasher = Fnv::default();
         hasher.write(text.as_bytes());
         hasher.write(bundle_pem.as_bytes());
-        for (_, t) in &policy_texts {
+        for (name, t) in &policy_texts {
+            hasher.write(name.as_bytes());
             hasher.write(t.as_bytes());
         }
-        Self::build(file, &bundle_pem, &policy_texts, format!("{:016x}", hasher.0))
+        Ok(Self {
+            file,
+            bundle_pem,
+            policy_texts,
+            version: format!("{:016x}", hasher.0),
+        })
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Snapshot {
+    /// Reads and validates the mesh file and everything it names.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let inputs = Inputs::read(path)?;
+        Self::build(inputs.file, &inputs.bundle_pem, &inputs.policy_texts, inputs.version)
     }
 
     /// Validates a parsed mesh file with its bundle and policy texts.

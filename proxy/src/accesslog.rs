@@ -1,0 +1,70 @@
+//! Access logs: one JSON line per connection on stdout. The data path hands a record to a
+//! bounded queue and never waits; if the writer falls behind, records are dropped and counted.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::mpsc;
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Record {
+    pub direction: &'static str,
+    pub src_identity: Option<String>,
+    pub src: String,
+    pub dst: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_workload: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_identity: Option<String>,
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    pub reason: String,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub duration_ms: u64,
+}
+
+pub struct AccessLog {
+    tx: mpsc::Sender<Record>,
+    pub dropped: AtomicU64,
+}
+
+impl AccessLog {
+    /// Starts the writer task.
+    pub fn start() -> Self {
+        let (tx, mut rx) = mpsc::channel::<Record>(4096);
+        tokio::task::spawn_blocking(move || {
+            let stdout = std::io::stdout();
+            while let Some(rec) = rx.blocking_recv() {
+                #[derive(serde::Serialize)]
+                struct Line<'a> {
+                    ts: String,
+                    kind: &'static str,
+                    #[serde(flatten)]
+                    rec: &'a Record,
+                }
+                let line = Line {
+                    ts: jiff::Timestamp::now().to_string(),
+                    kind: "ward.access",
+                    rec: &rec,
+                };
+                let mut out = stdout.lock();
+                if serde_json::to_writer(&mut out, &line).is_ok() {
+                    let _ = out.write_all(b"\n");
+                    let _ = out.flush();
+                }
+            }
+        });
+        Self {
+            tx,
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    pub fn log(&self, rec: Record) {
+        if self.tx.try_send(rec).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! Admin (loopback, 15000) and readiness (15021) endpoints.
+//!
+//! Admin: `/config_dump` (version, node, local workloads, certificates, live connections),
+//! `/connections` (live inbound connections with the peer identity each was authorized for),
+//! `/certs`, `/healthz/ready`. Readiness serves only `/healthz/ready`: 200 once the proxy has a
+//! configuration that declares this node and certificates for all its workloads, else 503.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::Ctx;
+
+pub fn is_ready(ctx: &Ctx) -> bool {
+    ctx.state
+        .snapshot()
+        .is_some_and(|s| s.nodes.contains_key(&ctx.state.node))
+        && *ctx.certs.ready().borrow()
+}
+
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, full: bool, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, _) = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(&ctx, req.uri().path(), full)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(code: u16, body: String, content_type: &str) -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Ok(v) = http::HeaderValue::from_str(content_type) {
+        r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(ctx: &Ctx, path: &str, full: bool) -> http::Response<Full<Bytes>> {
+    match (path, full) {
+        ("/healthz/ready", _) => {
+            if is_ready(ctx) {
+                reply(200, "ready\n".into(), "text/plain")
+            } else {
+                reply(503, "not ready\n".into(), "text/plain")
+            }
+        }
+        ("/connections", true) => reply(200, connections(ctx).to_string(), "application/json"),
+        ("/certs", true) => reply(
+            200,
+            serde_json::to_string(&ctx.certs.summaries()).unwrap_or_default(),
+            "application/json",
+        ),
+        ("/config_dump", true) => {
+            let snap = ctx.state.snapshot();
+            let workloads: Vec<_> = snap
+                .iter()
+                .flat_map(|s| s.local_workloads(&ctx.state.node))
+                .map(|w| {
+                    json!({
+                        "name": w.name, "namespace": w.namespace, "identity": w.identity.to_string(),
+                        "ip": w.ip.to_string(), "httpPorts": w.http_ports,
+                        "mtls": w.mtls, "policies": w.policies.policies().iter().map(|p| p.id.to_string()).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let body = json!({
+                "node": ctx.state.node,
+                "version": snap.as_ref().map(|s| s.version.clone()),
+                "ready": is_ready(ctx),
+                "workloads": workloads,
+                "certificates": ctx.certs.summaries(),
+                "connections": connections(ctx),
+                "pooledTunnels": ctx.pool.len(),
+                "activeRelays": ctx.active.load(Ordering::Relaxed),
+                "accessLogDropped": ctx.log.dropped.load(Ordering::Relaxed),
+            });
+            reply(200, body.to_string(), "application/json")
+        }
+        _ => reply(404, "not found\n".into(), "text/plain"),
+    }
+}
+
+fn connections(ctx: &Ctx) -> serde_json::Value {
+    ctx.conns
+        .snapshot()
+        .iter()
+        .map(|c| {
+            json!({
+                "id": c.id,
+                "peer": c.peer.as_ref().map(|p| format!("spiffe://{}", p.principal)),
+                "source": c.source_ip.to_string(),
+                "target": c.target.to_string(),
+                "opened": c.opened_unix,
+            })
+        })
+        .collect()
+}
+
+/// Binds a listener, with the address in the error.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding the {what} listener on {addr}: {e}"))
+}

@@ -1,0 +1,335 @@
+//! Inbound: HBONE (15008) and plaintext capture (15006).
+//!
+//! HBONE: TLS 1.3 with a required client SVID → HTTP/2 → per CONNECT stream: the target must
+//! be a workload on this node whose identity is the one the client asked for in SNI; L4 policy
+//! is evaluated for the peer identity; the upstream connection is made; only then 200, and the
+//! bytes are spliced. Status codes: 400 malformed (not CONNECT, bad authority, not a local
+//! workload, identity mismatch), 401 denied by policy, 503 upstream or proxy not ready.
+//!
+//! Plaintext capture: the original destination must be a local workload; STRICT refuses before
+//! policy, PERMISSIVE evaluates policy with no identity.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use ward_lib_api::config::{Snapshot, Workload};
+use ward_lib_identity::SpiffeId;
+use ward_lib_policy::{Attributes, MtlsMode, PeerIdentity, Protocol};
+
+use crate::accesslog::Record;
+use crate::{relay, socket, tls, Ctx};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts HBONE connections until `stop` turns true.
+pub async fn serve_hbone(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { hbone_connection(ctx, tcp, peer).await });
+    }
+}
+
+async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) {
+    let _ = tcp.set_nodelay(true);
+    let Some(snap) = ctx.state.snapshot() else {
+        return;
+    };
+    let acceptor = match tls::server_config(
+        ctx.state.bundle.clone(),
+        ctx.certs.clone(),
+        snap.trust_domain.clone(),
+    ) {
+        Ok(cfg) => tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
+        Err(e) => {
+            tracing::error!(error = %e, "HBONE TLS configuration");
+            return;
+        }
+    };
+    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            let reason = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<rustls::Error>())
+                .and_then(|te| ward_lib_identity::tls::svid_error(te).map(|s| s.to_string()))
+                .unwrap_or_else(|| e.to_string());
+            tracing::info!(peer = %peer_addr, %reason, "HBONE handshake refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(peer = %peer_addr, "HBONE handshake timed out");
+            return;
+        }
+    };
+    let (_, conn) = tls_stream.get_ref();
+    let (Some(client_id), Some(server_id)) = (
+        ward_lib_identity::tls::peer_identity(conn),
+        conn.server_name()
+            .and_then(|s| tls::identity_from_sni(&snap.trust_domain, s)),
+    ) else {
+        return;
+    };
+    let peer = Arc::new(PeerIdentity::from_spiffe_id(&client_id));
+    let client_id = Arc::new(client_id);
+    let server_id = Arc::new(server_id);
+    let svc_ctx = ctx.clone();
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let ctx = svc_ctx.clone();
+        let peer = peer.clone();
+        let client_id = client_id.clone();
+        let server_id = server_id.clone();
+        async move {
+            Ok::<_, Infallible>(connect_stream(ctx, req, &peer, &client_id, &server_id, peer_addr).await)
+        }
+    });
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .max_header_list_size(16 * 1024)
+        .max_concurrent_streams(1024)
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .max_frame_size(256 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .serve_connection(TokioIo::new(tls_stream), svc)
+        .await;
+    if let Err(e) = served {
+        tracing::debug!(peer = %peer_addr, error = %e, "HBONE connection ended with an error");
+    }
+}
+
+fn status(code: http::StatusCode) -> http::Response<Empty<Bytes>> {
+    let mut r = http::Response::new(Empty::new());
+    *r.status_mut() = code;
+    r
+}
+
+/// One CONNECT stream.
+async fn connect_stream(
+    ctx: Arc<Ctx>,
+    mut req: http::Request<Incoming>,
+    peer: &PeerIdentity,
+    client_id: &SpiffeId,
+    server_id: &SpiffeId,
+    peer_addr: SocketAddr,
+) -> http::Response<Empty<Bytes>> {
+    let started = Instant::now();
+    let mut rec = Record {
+        direction: "inbound",
+        src_identity: Some(client_id.to_string()),
+        src: peer_addr.ip().to_string(),
+        dst: String::new(),
+        dst_workload: None,
+        dst_identity: Some(server_id.to_string()),
+        decision: "deny",
+        policy: None,
+        reason: String::new(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0,
+    };
+    let refuse = |ctx: &Ctx, mut rec: Record, code: http::StatusCode, reason: String| {
+        rec.reason = reason;
+        ctx.log.log(rec);
+        status(code)
+    };
+    if req.method() != http::Method::CONNECT {
+        return refuse(&ctx, rec, http::StatusCode::BAD_REQUEST, format!("method {} is not CONNECT", req.method()));
+    }
+    let Some(target) = req
+        .uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+    else {
+        return refuse(&ctx, rec, http::StatusCode::BAD_REQUEST, format!("authority {:?} is not ip:port", req.uri().to_string()));
+    };
+    rec.dst = target.to_string();
+    let Some(snap) = ctx.state.snapshot() else {
+        return refuse(&ctx, rec, http::StatusCode::SERVICE_UNAVAILABLE, "no configuration yet".into());
+    };
+    let Some(w) = local_workload(&snap, &ctx.state.node, target.ip()) else {
+        return refuse(&ctx, rec, http::StatusCode::BAD_REQUEST, format!("{} is not a workload on this node", target.ip()));
+    };
+    rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
+    if &w.identity != server_id {
+        return refuse(
+            &ctx,
+            rec,
+            http::StatusCode::BAD_REQUEST,
+            format!("the tunnel is for {server_id}, but {} runs as {}", target.ip(), w.identity),
+        );
+    }
+    let source_ip = forwarded_for(&req, &snap, client_id).unwrap_or(peer_addr.ip());
+    rec.src = source_ip.to_string();
+    let attrs = Attributes {
+        peer: Some(peer),
+        source_ip,
+        destination_ip: target.ip(),
+        destination_port: target.port(),
+        protocol: Protocol::Tcp,
+        sni: None,
+        http: None,
+        time: jiff::Timestamp::now(),
+    };
+    let decision = w.policies.evaluate(&attrs);
+    rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
+    rec.reason = decision.to_string();
+    if !decision.allowed {
+        ctx.log.log(rec);
+        return status(http::StatusCode::UNAUTHORIZED);
+    }
+    let upstream = match socket::connect(target, UPSTREAM_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            return refuse(&ctx, rec, http::StatusCode::SERVICE_UNAVAILABLE, format!("connecting to {target}: {e}"));
+        }
+    };
+    rec.decision = "allow";
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (registration, cancel) = ctx.conns.register(Some(peer.clone()), source_ip, target);
+    let ctx2 = ctx.clone();
+    tokio::spawn(async move {
+        let _registration = registration;
+        match on_upgrade.await {
+            Ok(up) => {
+                let out = relay::splice(&ctx2, TokioIo::new(up), upstream, Some(cancel)).await;
+                rec.bytes_received = out.a_to_b;
+                rec.bytes_sent = out.b_to_a;
+                if out.ended_by != "closed" {
+                    rec.reason = format!("{}; closed: {}", rec.reason, out.ended_by);
+                }
+            }
+            Err(e) => rec.reason = format!("{}; upgrade failed: {e}", rec.reason),
+        }
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        ctx2.log.log(rec);
+    });
+    status(http::StatusCode::OK)
+}
+
+fn local_workload<'s>(snap: &'s Snapshot, node: &str, ip: IpAddr) -> Option<&'s Arc<Workload>> {
+    snap.by_ip.get(&ip).filter(|w| w.node == node)
+}
+
+/// The client's original address from `Forwarded: for="ip"`, trusted only if that address is a
+/// workload running as the authenticated peer identity (a peer cannot claim another's address).
+fn forwarded_for(req: &http::Request<Incoming>, snap: &Snapshot, client: &SpiffeId) -> Option<IpAddr> {
+    let v = req.headers().get("forwarded")?.to_str().ok()?;
+    let ip: IpAddr = v
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("for="))?
+        .trim_matches('"')
+        .parse()
+        .ok()?;
+    snap.by_ip
+        .get(&ip)
+        .filter(|w| &w.identity == client)
+        .map(|_| ip)
+}
+
+/// Accepts redirected plaintext until `stop` turns true.
+pub async fn serve_plaintext(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { plaintext_connection(ctx, tcp, peer).await });
+    }
+}
+
+async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let Ok(target) = socket::original_dst(&tcp) else {
+        return;
+    };
+    let mut rec = Record {
+        direction: "inbound-plaintext",
+        src_identity: None,
+        src: peer.ip().to_string(),
+        dst: target.to_string(),
+        dst_workload: None,
+        dst_identity: None,
+        decision: "deny",
+        policy: None,
+        reason: String::new(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0,
+    };
+    let Some(snap) = ctx.state.snapshot() else {
+        rec.reason = "no configuration yet".into();
+        ctx.log.log(rec);
+        return;
+    };
+    let Some(w) = local_workload(&snap, &ctx.state.node, target.ip()) else {
+        rec.reason = format!("{} is not a workload on this node", target.ip());
+        ctx.log.log(rec);
+        return;
+    };
+    rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
+    if w.mtls == MtlsMode::Strict {
+        rec.reason = "plaintext refused: peer authentication is STRICT".into();
+        ctx.log.log(rec);
+        return;
+    }
+    let attrs = Attributes {
+        peer: None,
+        source_ip: peer.ip(),
+        destination_ip: target.ip(),
+        destination_port: target.port(),
+        protocol: Protocol::Tcp,
+        sni: None,
+        http: None,
+        time: jiff::Timestamp::now(),
+    };
+    let decision = w.policies.evaluate(&attrs);
+    rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
+    rec.reason = decision.to_string();
+    if !decision.allowed {
+        ctx.log.log(rec);
+        return;
+    }
+    let upstream = match socket::connect(target, UPSTREAM_TIMEOUT).await {
+        Ok(s) => s,
+        Err(e) => {
+            rec.reason = format!("connecting to {target}: {e}");
+            ctx.log.log(rec);
+            return;
+        }
+    };
+    rec.decision = "allow";
+    let (_registration, cancel) = ctx.conns.register(None, peer.ip(), target);
+    let out = relay::splice(&ctx, tcp, upstream, Some(cancel)).await;
+    rec.bytes_received = out.a_to_b;
+    rec.bytes_sent = out.b_to_a;
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    ctx.log.log(rec);
+}

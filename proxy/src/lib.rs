@@ -1,0 +1,185 @@
+//! ward's node proxy.
+//!
+//! The data path, top to bottom: [`outbound`] (15001: captured pod connection → original
+//! destination → [`pool`] HBONE tunnel or passthrough) and [`inbound`] (15008: mTLS → HTTP/2
+//! CONNECT → identify → authorize → connect → [`relay`] splice; 15006: plaintext capture).
+//! Around it: [`state`] (atomically swapped configuration), [`certs`] (workload certificates
+//! from the CA), [`tls`] (which certificate, which peer), [`conns`] (live connections,
+//! re-authorized on policy change), [`redirect`] (nftables interception), [`admin`]
+//! (15000/15021), [`accesslog`].
+//!
+//! Never: trust an identity not proven by a handshake, forward before configuration and
+//! certificates exist, or block the data path on logging.
+#![forbid(unsafe_code)]
+
+pub mod accesslog;
+pub mod admin;
+pub mod certs;
+pub mod conns;
+pub mod inbound;
+pub mod outbound;
+pub mod pool;
+pub mod redirect;
+pub mod relay;
+pub mod socket;
+pub mod state;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// Effective configuration of a proxy process (parsed from flags by `main`).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: String,
+    pub config_path: PathBuf,
+    pub ca_address: SocketAddr,
+    pub ca_identity: String,
+    pub token_file: PathBuf,
+    pub cert_ttl: Option<Duration>,
+    pub redirect: redirect::Mode,
+    pub outbound: SocketAddr,
+    pub inbound_plaintext: SocketAddr,
+    pub hbone: SocketAddr,
+    pub admin: SocketAddr,
+    pub readiness: SocketAddr,
+    pub drain_timeout: Duration,
+}
+
+/// What every connection task shares.
+pub struct Ctx {
+    pub state: Arc<state::State>,
+    pub certs: Arc<certs::CertManager>,
+    pub pool: Arc<pool::Pool>,
+    pub conns: Arc<conns::Registry>,
+    pub log: accesslog::AccessLog,
+    /// Relays in progress (drain waits for zero).
+    pub active: AtomicUsize,
+    /// Set at the end of the drain: every relay closes.
+    pub hard_stop: watch::Sender<bool>,
+}
+
+/// Runs the proxy until SIGTERM/SIGINT, then drains and cleans up.
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    tracing::info!(config = ?cfg, "ward-proxy starting");
+    let state = state::State::new(cfg.node.clone());
+    tokio::spawn(state.clone().watch_file(cfg.config_path.clone(), Duration::from_millis(250)));
+    let certs = certs::CertManager::new(
+        certs::CaSettings {
+            address: cfg.ca_address,
+            identity: cfg.ca_identity.clone(),
+            token_file: cfg.token_file.clone(),
+            ttl: cfg.cert_ttl,
+        },
+        state.clone(),
+    );
+    tokio::spawn(certs.clone().run());
+    let pool = pool::Pool::new(state.clone(), certs.clone());
+    let ctx = Arc::new(Ctx {
+        state: state.clone(),
+        certs,
+        pool,
+        conns: Arc::new(conns::Registry::default()),
+        log: accesslog::AccessLog::start(),
+        active: AtomicUsize::new(0),
+        hard_stop: watch::channel(false).0,
+    });
+
+    let (stop_tx, stop) = watch::channel(false);
+    let outbound = admin::bind(cfg.outbound, "outbound").await?;
+    let plaintext = admin::bind(cfg.inbound_plaintext, "inbound plaintext").await?;
+    let hbone = admin::bind(cfg.hbone, "HBONE").await?;
+    let admin_l = admin::bind(cfg.admin, "admin").await?;
+    let ready_l = admin::bind(cfg.readiness, "readiness").await?;
+    tokio::spawn(outbound::serve(ctx.clone(), outbound, stop.clone()));
+    tokio::spawn(inbound::serve_plaintext(ctx.clone(), plaintext, stop.clone()));
+    tokio::spawn(inbound::serve_hbone(ctx.clone(), hbone, stop.clone()));
+    tokio::spawn(admin::serve(ctx.clone(), admin_l, true, stop.clone()));
+    tokio::spawn(admin::serve(ctx.clone(), ready_l, false, stop.clone()));
+    tokio::spawn(on_config_change(ctx.clone(), cfg.clone()));
+    let sweeper = ctx.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            sweeper.pool.sweep();
+        }
+    });
+
+    wait_for_signal().await;
+    tracing::info!(drain_timeout = ?cfg.drain_timeout, live = ctx.active.load(Ordering::Relaxed), "stopping: no new connections; draining");
+    let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
+    while ctx.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = ctx.active.load(Ordering::Relaxed);
+    if left > 0 {
+        tracing::info!(left, "drain timeout reached; closing remaining connections");
+    }
+    let _ = ctx.hard_stop.send(true);
+    if cfg.redirect == redirect::Mode::Nftables {
+        redirect::remove()?;
+        tracing::info!("redirection rules removed");
+    }
+    // Give relays a moment to observe the stop and flush their access-log lines.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    Ok(())
+}
+
+/// On every accepted configuration: (re)install interception for this node's pod CIDR, and
+/// re-authorize live connections.
+async fn on_config_change(ctx: Arc<Ctx>, cfg: Config) {
+    let mut changes = ctx.state.subscribe();
+    let mut installed = None;
+    loop {
+        if let Some(snap) = ctx.state.snapshot() {
+            if cfg.redirect == redirect::Mode::Nftables {
+                let cidr = snap.nodes.get(&ctx.state.node).map(|n| n.pod_cidr);
+                if cidr.is_some() && cidr != installed {
+                    if let Some(c) = cidr {
+                        match redirect::install(c, cfg.outbound.port(), cfg.inbound_plaintext.port()) {
+                            Ok(()) => {
+                                tracing::info!(pod_cidr = %c, "redirection rules installed");
+                                installed = cidr;
+                            }
+                            Err(e) => tracing::error!(error = %e, "installing redirection rules"),
+                        }
+                    }
+                }
+            }
+            let closed = ctx.conns.reevaluate(&snap);
+            if closed > 0 {
+                tracing::info!(closed, "closed live connections the new configuration no longer allows");
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}
+
+/// Resolves once the watched flag is true (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    // Drop the borrow guard here, so callers' futures stay `Send`.
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}

@@ -1,0 +1,95 @@
+//! `ward-proxy`: the node proxy. Parses flags into a [`Config`](ward_proxy::Config), then hands
+//! over to [`ward_proxy::run`]; everything else lives in the library.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "ward-proxy", version, about = "ward node proxy")]
+struct Args {
+    /// This node's name, as in the mesh configuration.
+    #[arg(long)]
+    node: String,
+    /// Mesh configuration file (re-read on change; an invalid update is refused).
+    #[arg(long)]
+    config: PathBuf,
+    /// Address of the issuing CA.
+    #[arg(long)]
+    ca_address: SocketAddr,
+    /// The CA's identity (namespace/service-account).
+    #[arg(long, default_value = "ward-system/ward-ca")]
+    ca_identity: String,
+    /// File holding this node's credential for the CA (re-read on every request).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Requested workload certificate lifetime (the CA may clamp it).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    cert_ttl: Option<Duration>,
+    /// Install and remove nftables redirection rules in this network namespace.
+    #[arg(long, value_enum, default_value = "nftables")]
+    redirect: ward_proxy::redirect::Mode,
+    /// Address the outbound capture listener binds (port 15001 by convention).
+    #[arg(long, default_value = "0.0.0.0:15001")]
+    outbound: SocketAddr,
+    /// Inbound plaintext capture listener.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    inbound_plaintext: SocketAddr,
+    /// HBONE (HTTP/2 CONNECT over mTLS) listener.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    hbone: SocketAddr,
+    /// Admin endpoint (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:15000")]
+    admin: SocketAddr,
+    /// Readiness endpoint.
+    #[arg(long, default_value = "0.0.0.0:15021")]
+    readiness: SocketAddr,
+    /// How long SIGTERM waits for live connections before closing them.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    drain_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cfg = ward_proxy::Config {
+        node: args.node,
+        config_path: args.config,
+        ca_address: args.ca_address,
+        ca_identity: args.ca_identity,
+        token_file: args.token_file,
+        cert_ttl: args.cert_ttl,
+        redirect: args.redirect,
+        outbound: args.outbound,
+        inbound_plaintext: args.inbound_plaintext,
+        hbone: args.hbone,
+        admin: args.admin,
+        readiness: args.readiness,
+        drain_timeout: args.drain_timeout,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("ward-proxy: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(ward_proxy::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ward-proxy: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! Outbound capture (15001): the original destination of a redirected pod connection decides
+//! where it goes.
+//! - a mesh workload → HBONE to that workload's node proxy, as the source workload, requiring
+//!   the destination's identity;
+//! - a Service VIP:port → one of its endpoints (chosen at random), then as above;
+//! - anything else → passthrough, directly from the node.
+//!
+//! The source must be a workload on this node (only pods are captured); an unknown source, or
+//! a proxy with no configuration yet, gets its connection closed: nothing is forwarded unless
+//! it can be attributed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::accesslog::Record;
+use crate::{relay, socket, Ctx};
+
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move { connection(ctx, tcp, peer).await });
+    }
+}
+
+async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+    let started = Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let Ok(orig) = socket::original_dst(&tcp) else {
+        tracing::debug!(%peer, "outbound connection without an original destination; closing");
+        return;
+    };
+    let mut rec = Record {
+        direction: "outbound",
+        src_identity: None,
+        src: peer.ip().to_string(),
+        dst: orig.to_string(),
+        dst_workload: None,
+        dst_identity: None,
+        decision: "deny",
+        policy: None,
+        reason: String::new(),
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0,
+    };
+    let Some(snap) = ctx.state.snapshot() else {
+        rec.reason = "no configuration yet".into();
+        ctx.log.log(rec);
+        return;
+    };
+    let Some(src) = snap.by_ip.get(&peer.ip()).filter(|w| w.node == ctx.state.node) else {
+        rec.reason = format!("source {} is not a workload on this node", peer.ip());
+        ctx.log.log(rec);
+        return;
+    };
+    rec.src_identity = Some(src.identity.to_string());
+    // Resolve the destination: a workload, a service (pick an endpoint), or passthrough.
+    let target = if let Some(w) = snap.by_ip.get(&orig.ip()) {
+        Some((w.clone(), orig))
+    } else if let Some(svc) = snap.services.get(&orig) {
+        if svc.endpoints.is_empty() {
+            rec.reason = format!("service {}/{} has no endpoints", svc.namespace, svc.name);
+            ctx.log.log(rec);
+            return;
+        }
+        let ep = &svc.endpoints[rand::random_range(0..svc.endpoints.len())];
+        Some((ep.clone(), SocketAddr::new(ep.ip, svc.target_port)))
+    } else {
+        None
+    };
+    match target {
+        Some((w, addr)) => {
+            rec.dst = addr.to_string();
+            rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
+            rec.dst_identity = Some(w.identity.to_string());
+            match ctx.pool.tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip()).await {
+                Ok(up) => {
+                    rec.decision = "allow";
+                    rec.reason = format!("tunnel via {}", w.hbone);
+                    let out = relay::splice(&ctx, tcp, TokioIo::new(up), None).await;
+                    rec.bytes_sent = out.a_to_b;
+                    rec.bytes_received = out.b_to_a;
+                }
+                Err(e) => {
+                    rec.reason = e.to_string();
+                    tracing::info!(src = %src.identity, dst = %w.identity, error = %e, "tunnel failed");
+                }
+            }
+        }
+        None => match socket::connect(orig, Duration::from_secs(5)).await {
+            Ok(up) => {
+                rec.decision = "allow";
+                rec.reason = "passthrough: not a mesh destination".into();
+                let out = relay::splice(&ctx, tcp, up, None).await;
+                rec.bytes_sent = out.a_to_b;
+                rec.bytes_received = out.b_to_a;
+            }
+            Err(e) => rec.reason = format!("passthrough to {orig}: {e}"),
+        },
+    }
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    ctx.log.log(rec);
+}

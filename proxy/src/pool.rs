@@ -1,0 +1,176 @@
+//! Outbound HBONE: pooled HTTP/2 connections over mTLS, one per (source identity, destination
+//! identity, destination proxy), each carrying many CONNECT streams.
+//!
+//! A pooled connection is reused while it is open; a closed one is replaced on the next use.
+//! Connections unused for [`IDLE`] are dropped from the pool (live streams finish on their
+//! own). HTTP/2 PINGs detect dead peers.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http2;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::time::Instant;
+use ward_lib_identity::SpiffeId;
+
+use crate::certs::CertManager;
+use crate::socket;
+use crate::state::State;
+use crate::tls;
+
+/// Pooled connections unused this long are dropped.
+pub const IDLE: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("no certificate yet for source identity {0}")]
+    NoCertificate(SpiffeId),
+    #[error("connecting to {0}: {1}")]
+    Connect(SocketAddr, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(SocketAddr, std::io::Error),
+    #[error("HTTP/2 with {0}: {1}")]
+    Http(SocketAddr, hyper::Error),
+    #[error("tunnel refused by {0}: HTTP {1}")]
+    Refused(SocketAddr, http::StatusCode),
+    #[error("building the TLS configuration: {0}")]
+    Config(String),
+}
+
+type Key = (SpiffeId, SpiffeId, SocketAddr);
+
+struct Pooled {
+    sender: http2::SendRequest<Empty<Bytes>>,
+    last_used: Instant,
+}
+
+pub struct Pool {
+    state: Arc<State>,
+    certs: Arc<CertManager>,
+    conns: Mutex<HashMap<Key, Pooled>>,
+}
+
+impl Pool {
+    pub fn new(state: Arc<State>, certs: Arc<CertManager>) -> Arc<Self> {
+        Arc::new(Self {
+            state,
+            certs,
+            conns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens a CONNECT stream to `target` through `proxy`, as `src`, requiring `dst`.
+    pub async fn tunnel(
+        &self,
+        src: &SpiffeId,
+        dst: &SpiffeId,
+        proxy: SocketAddr,
+        target: SocketAddr,
+        client_ip: IpAddr,
+    ) -> Result<Upgraded, TunnelError> {
+        let key = (src.clone(), dst.clone(), proxy);
+        let mut sender = match self.checkout(&key) {
+            Some(s) => s,
+            None => self.dial(&key).await?,
+        };
+        let req = http::Request::builder()
+            .method(http::Method::CONNECT)
+            .uri(target.to_string())
+            .header("forwarded", format!("for=\"{client_ip}\""))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| TunnelError::Config(e.to_string()))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| TunnelError::Http(proxy, e))?;
+        if resp.status() != http::StatusCode::OK {
+            return Err(TunnelError::Refused(proxy, resp.status()));
+        }
+        hyper::upgrade::on(resp)
+            .await
+            .map_err(|e| TunnelError::Http(proxy, e))
+    }
+
+    fn checkout(&self, key: &Key) -> Option<http2::SendRequest<Empty<Bytes>>> {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = conns.get_mut(key)?;
+        if entry.sender.is_closed() || !entry.sender.is_ready() {
+            conns.remove(key);
+            return None;
+        }
+        entry.last_used = Instant::now();
+        Some(entry.sender.clone())
+    }
+
+    async fn dial(&self, key: &Key) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+        let (src, dst, proxy) = key;
+        let cert = self
+            .certs
+            .get(src)
+            .ok_or_else(|| TunnelError::NoCertificate(src.clone()))?;
+        let cfg = tls::client_config(self.state.bundle.clone(), cert, dst.clone())
+            .map_err(|e| TunnelError::Config(e.to_string()))?;
+        let sni = tls::sni_for(dst)
+            .and_then(|s| rustls::pki_types::ServerName::try_from(s).ok())
+            .ok_or_else(|| TunnelError::Config(format!("{dst} has no namespace/service-account form")))?;
+        let tcp = socket::connect(*proxy, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| TunnelError::Connect(*proxy, e))?;
+        let tls_stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(sni, tcp),
+        )
+        .await
+        .map_err(|_| TunnelError::Tls(*proxy, std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))?
+        .map_err(|e| TunnelError::Tls(*proxy, e))?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(256 * 1024)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls_stream))
+            .await
+            .map_err(|e| TunnelError::Http(*proxy, e))?;
+        let peer = *proxy;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HBONE connection ended");
+            }
+        });
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            key.clone(),
+            Pooled {
+                sender: sender.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(sender)
+    }
+
+    /// Drops idle pooled connections; run it periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| !c.sender.is_closed() && now.duration_since(c.last_used) < IDLE);
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,86 @@
+//! The configuration the data path reads: one immutable [`Snapshot`] swapped atomically when
+//! the mesh file (or anything it names) changes. Readers take a cheap `Arc` snapshot per
+//! connection; an invalid update is logged and the last good snapshot stays in force.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use tokio::sync::watch;
+use ward_lib_api::config::{Inputs, Snapshot};
+use ward_lib_identity::{SharedBundle, TrustBundle};
+
+/// Shared configuration state.
+pub struct State {
+    pub node: String,
+    current: ArcSwapOption<Snapshot>,
+    /// The trust bundle of the current snapshot, read by every handshake (so a bundle change
+    /// applies to the next handshake without rebuilding TLS configs).
+    pub bundle: SharedBundle,
+    /// Bumped on every accepted update (data-path tasks watch it).
+    changed: watch::Sender<u64>,
+}
+
+impl State {
+    pub fn new(node: String) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            current: ArcSwapOption::empty(),
+            bundle: ward_lib_identity::bundle::shared(TrustBundle::new()),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    /// The current snapshot, if any configuration was ever accepted.
+    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
+        self.current.load_full()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Installs a snapshot (tests and the file watcher).
+    pub fn install(&self, snap: Snapshot) {
+        let version = snap.version.clone();
+        if !snap.nodes.contains_key(&self.node) {
+            tracing::warn!(node = %self.node, "this node is not declared in the configuration");
+        }
+        self.bundle.store(Arc::new(snap.bundle.clone()));
+        self.current.store(Some(Arc::new(snap)));
+        self.changed.send_modify(|v| *v += 1);
+        tracing::info!(%version, "configuration installed");
+    }
+
+    /// Polls the mesh file every `period`; rebuilds only when the inputs' fingerprint changes.
+    pub async fn watch_file(self: Arc<Self>, path: PathBuf, period: Duration) {
+        let mut last_seen = String::new();
+        loop {
+            match Inputs::read(&path) {
+                Ok(inputs) if inputs.version != last_seen => {
+                    last_seen = inputs.version.clone();
+                    let version = inputs.version.clone();
+                    match Snapshot::build(inputs.file, &inputs.bundle_pem, &inputs.policy_texts, inputs.version) {
+                        Ok(snap) => self.install(snap),
+                        Err(e) => tracing::error!(
+                            %version,
+                            error = %e,
+                            "configuration update rejected; the last good configuration stays in force"
+                        ),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Only log once per distinct error, not on every poll.
+                    let key = format!("error:{e}");
+                    if key != last_seen {
+                        tracing::error!(error = %e, "reading the configuration failed; keeping the last good one");
+                        last_seen = key;
+                    }
+                }
+            }
+            tokio::time::sleep(period).await;
+        }
+    }
+}
