@@ -27,7 +27,12 @@ pub fn is_ready(ctx: &Ctx) -> bool {
         && *ctx.certs.ready().borrow()
 }
 
-pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, full: bool, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    full: bool,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, _) = tokio::select! {
             _ = crate::stopped(&mut stop) => return,
@@ -48,7 +53,8 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, full: bool, mut stop: w
 
 fn reply(code: u16, body: String, content_type: &str) -> http::Response<Full<Bytes>> {
     let mut r = http::Response::new(Full::new(Bytes::from(body)));
-    *r.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    *r.status_mut() =
+        http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     if let Ok(v) = http::HeaderValue::from_str(content_type) {
         r.headers_mut().insert(http::header::CONTENT_TYPE, v);
     }

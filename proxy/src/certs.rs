@@ -115,7 +115,13 @@ impl CertManager {
         };
         let mut desired: Vec<(SpiffeId, String, String)> = snap
             .local_workloads(&self.state.node)
-            .map(|w| (w.identity.clone(), w.namespace.clone(), w.service_account.clone()))
+            .map(|w| {
+                (
+                    w.identity.clone(),
+                    w.namespace.clone(),
+                    w.service_account.clone(),
+                )
+            })
             .collect();
         desired.sort();
         desired.dedup();
@@ -173,7 +179,8 @@ impl CertManager {
             }
         }
         let all = desired.iter().all(|(id, _, _)| self.get(id).is_some());
-        self.ready.send_if_modified(|r| std::mem::replace(r, all) != all);
+        self.ready
+            .send_if_modified(|r| std::mem::replace(r, all) != all);
     }
 
     async fn request(

@@ -99,7 +99,9 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
         let client_id = client_id.clone();
         let server_id = server_id.clone();
         async move {
-            Ok::<_, Infallible>(connect_stream(ctx, req, &peer, &client_id, &server_id, peer_addr).await)
+            Ok::<_, Infallible>(
+                connect_stream(ctx, req, &peer, &client_id, &server_id, peer_addr).await,
+            )
         }
     });
     let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -154,21 +156,41 @@ async fn connect_stream(
         status(code)
     };
     if req.method() != http::Method::CONNECT {
-        return refuse(&ctx, rec, http::StatusCode::BAD_REQUEST, format!("method {} is not CONNECT", req.method()));
+        return refuse(
+            &ctx,
+            rec,
+            http::StatusCode::BAD_REQUEST,
+            format!("method {} is not CONNECT", req.method()),
+        );
     }
     let Some(target) = req
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return refuse(&ctx, rec, http::StatusCode::BAD_REQUEST, format!("authority {:?} is not ip:port", req.uri().to_string()));
+        return refuse(
+            &ctx,
+            rec,
+            http::StatusCode::BAD_REQUEST,
+            format!("authority {:?} is not ip:port", req.uri().to_string()),
+        );
     };
     rec.dst = target.to_string();
     let Some(snap) = ctx.state.snapshot() else {
-        return refuse(&ctx, rec, http::StatusCode::SERVICE_UNAVAILABLE, "no configuration yet".into());
+        return refuse(
+            &ctx,
+            rec,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "no configuration yet".into(),
+        );
     };
     let Some(w) = local_workload(&snap, &ctx.state.node, target.ip()) else {
-        return refuse(&ctx, rec, http::StatusCode::BAD_REQUEST, format!("{} is not a workload on this node", target.ip()));
+        return refuse(
+            &ctx,
+            rec,
+            http::StatusCode::BAD_REQUEST,
+            format!("{} is not a workload on this node", target.ip()),
+        );
     };
     rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
     if &w.identity != server_id {
@@ -176,7 +198,11 @@ async fn connect_stream(
             &ctx,
             rec,
             http::StatusCode::BAD_REQUEST,
-            format!("the tunnel is for {server_id}, but {} runs as {}", target.ip(), w.identity),
+            format!(
+                "the tunnel is for {server_id}, but {} runs as {}",
+                target.ip(),
+                w.identity
+            ),
         );
     }
     let source_ip = forwarded_for(&req, &snap, client_id).unwrap_or(peer_addr.ip());
@@ -201,7 +227,12 @@ async fn connect_stream(
     let upstream = match socket::connect(target, UPSTREAM_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
-            return refuse(&ctx, rec, http::StatusCode::SERVICE_UNAVAILABLE, format!("connecting to {target}: {e}"));
+            return refuse(
+                &ctx,
+                rec,
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                format!("connecting to {target}: {e}"),
+            );
         }
     };
     rec.decision = "allow";
@@ -233,7 +264,11 @@ fn local_workload<'s>(snap: &'s Snapshot, node: &str, ip: IpAddr) -> Option<&'s 
 
 /// The client's original address from `Forwarded: for="ip"`, trusted only if that address is a
 /// workload running as the authenticated peer identity (a peer cannot claim another's address).
-fn forwarded_for(req: &http::Request<Incoming>, snap: &Snapshot, client: &SpiffeId) -> Option<IpAddr> {
+fn forwarded_for(
+    req: &http::Request<Incoming>,
+    snap: &Snapshot,
+    client: &SpiffeId,
+) -> Option<IpAddr> {
     let v = req.headers().get("forwarded")?.to_str().ok()?;
     let ip: IpAddr = v
         .split(';')
@@ -248,7 +283,11 @@ fn forwarded_for(req: &http::Request<Incoming>, snap: &Snapshot, client: &Spiffe
 }
 
 /// Accepts redirected plaintext until `stop` turns true.
-pub async fn serve_plaintext(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub async fn serve_plaintext(
+    ctx: Arc<Ctx>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (tcp, peer) = tokio::select! {
             _ = crate::stopped(&mut stop) => return,

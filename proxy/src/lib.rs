@@ -68,7 +68,11 @@ pub struct Ctx {
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(config = ?cfg, "ward-proxy starting");
     let state = state::State::new(cfg.node.clone());
-    tokio::spawn(state.clone().watch_file(cfg.config_path.clone(), Duration::from_millis(250)));
+    tokio::spawn(
+        state
+            .clone()
+            .watch_file(cfg.config_path.clone(), Duration::from_millis(250)),
+    );
     let certs = certs::CertManager::new(
         certs::CaSettings {
             address: cfg.ca_address,
@@ -97,7 +101,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let admin_l = admin::bind(cfg.admin, "admin").await?;
     let ready_l = admin::bind(cfg.readiness, "readiness").await?;
     tokio::spawn(outbound::serve(ctx.clone(), outbound, stop.clone()));
-    tokio::spawn(inbound::serve_plaintext(ctx.clone(), plaintext, stop.clone()));
+    tokio::spawn(inbound::serve_plaintext(
+        ctx.clone(),
+        plaintext,
+        stop.clone(),
+    ));
     tokio::spawn(inbound::serve_hbone(ctx.clone(), hbone, stop.clone()));
     tokio::spawn(admin::serve(ctx.clone(), admin_l, true, stop.clone()));
     tokio::spawn(admin::serve(ctx.clone(), ready_l, false, stop.clone()));
@@ -142,7 +150,11 @@ async fn on_config_change(ctx: Arc<Ctx>, cfg: Config) {
                 let cidr = snap.nodes.get(&ctx.state.node).map(|n| n.pod_cidr);
                 if cidr.is_some() && cidr != installed {
                     if let Some(c) = cidr {
-                        match redirect::install(c, cfg.outbound.port(), cfg.inbound_plaintext.port()) {
+                        match redirect::install(
+                            c,
+                            cfg.outbound.port(),
+                            cfg.inbound_plaintext.port(),
+                        ) {
                             Ok(()) => {
                                 tracing::info!(pod_cidr = %c, "redirection rules installed");
                                 installed = cidr;
@@ -154,7 +166,10 @@ async fn on_config_change(ctx: Arc<Ctx>, cfg: Config) {
             }
             let closed = ctx.conns.reevaluate(&snap);
             if closed > 0 {
-                tracing::info!(closed, "closed live connections the new configuration no longer allows");
+                tracing::info!(
+                    closed,
+                    "closed live connections the new configuration no longer allows"
+                );
             }
         }
         if changes.changed().await.is_err() {

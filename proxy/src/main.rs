@@ -78,7 +78,10 @@ fn main() -> ExitCode {
         readiness: args.readiness,
         drain_timeout: args.drain_timeout,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ward-proxy: starting the runtime: {e}");

@@ -63,7 +63,11 @@ async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
         ctx.log.log(rec);
         return;
     };
-    let Some(src) = snap.by_ip.get(&peer.ip()).filter(|w| w.node == ctx.state.node) else {
+    let Some(src) = snap
+        .by_ip
+        .get(&peer.ip())
+        .filter(|w| w.node == ctx.state.node)
+    else {
         rec.reason = format!("source {} is not a workload on this node", peer.ip());
         ctx.log.log(rec);
         return;
@@ -88,7 +92,11 @@ async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
             rec.dst = addr.to_string();
             rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
             rec.dst_identity = Some(w.identity.to_string());
-            match ctx.pool.tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip()).await {
+            match ctx
+                .pool
+                .tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip())
+                .await
+            {
                 Ok(up) => {
                     rec.decision = "allow";
                     rec.reason = format!("tunnel via {}", w.hbone);

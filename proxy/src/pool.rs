@@ -119,7 +119,9 @@ impl Pool {
             .map_err(|e| TunnelError::Config(e.to_string()))?;
         let sni = tls::sni_for(dst)
             .and_then(|s| rustls::pki_types::ServerName::try_from(s).ok())
-            .ok_or_else(|| TunnelError::Config(format!("{dst} has no namespace/service-account form")))?;
+            .ok_or_else(|| {
+                TunnelError::Config(format!("{dst} has no namespace/service-account form"))
+            })?;
         let tcp = socket::connect(*proxy, CONNECT_TIMEOUT)
             .await
             .map_err(|e| TunnelError::Connect(*proxy, e))?;
@@ -128,7 +130,12 @@ impl Pool {
             tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(sni, tcp),
         )
         .await
-        .map_err(|_| TunnelError::Tls(*proxy, std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out")))?
+        .map_err(|_| {
+            TunnelError::Tls(
+                *proxy,
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
+            )
+        })?
         .map_err(|e| TunnelError::Tls(*proxy, e))?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())

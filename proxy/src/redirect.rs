@@ -48,7 +48,11 @@ pub fn ruleset(pod_cidr: IpNet, outbound_port: u16, inbound_plaintext_port: u16)
 }
 
 /// Installs (or replaces) the table.
-pub fn install(pod_cidr: IpNet, outbound_port: u16, inbound_plaintext_port: u16) -> anyhow::Result<()> {
+pub fn install(
+    pod_cidr: IpNet,
+    outbound_port: u16,
+    inbound_plaintext_port: u16,
+) -> anyhow::Result<()> {
     if !matches!(pod_cidr, IpNet::V4(_)) {
         anyhow::bail!("pod CIDR {pod_cidr}: only IPv4 interception is implemented");
     }

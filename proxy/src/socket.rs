@@ -13,12 +13,10 @@ pub const PROXY_MARK: u32 = 0x539;
 
 /// The destination a redirected connection was originally sent to.
 pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    SockRef::from(stream)
-        .original_dst_v4()
-        .and_then(|a| {
-            a.as_socket()
-                .ok_or_else(|| std::io::Error::other("original destination is not an inet address"))
-        })
+    SockRef::from(stream).original_dst_v4().and_then(|a| {
+        a.as_socket()
+            .ok_or_else(|| std::io::Error::other("original destination is not an inet address"))
+    })
 }
 
 /// Connects with the proxy's mark set and Nagle off, within `timeout`.
@@ -33,5 +31,10 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     tokio::time::timeout(timeout, socket.connect(addr))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("connecting to {addr} timed out")))?
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {addr} timed out"),
+            )
+        })?
 }

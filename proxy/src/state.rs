@@ -61,7 +61,12 @@ impl State {
                 Ok(inputs) if inputs.version != last_seen => {
                     last_seen = inputs.version.clone();
                     let version = inputs.version.clone();
-                    match Snapshot::build(inputs.file, &inputs.bundle_pem, &inputs.policy_texts, inputs.version) {
+                    match Snapshot::build(
+                        inputs.file,
+                        &inputs.bundle_pem,
+                        &inputs.policy_texts,
+                        inputs.version,
+                    ) {
                         Ok(snap) => self.install(snap),
                         Err(e) => tracing::error!(
                             %version,

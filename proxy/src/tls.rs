@@ -73,7 +73,11 @@ pub fn server_config(
 struct ClientCert(Arc<CertifiedKey>);
 
 impl ResolvesClientCert for ClientCert {
-    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+    fn resolve(
+        &self,
+        _hints: &[&[u8]],
+        _schemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
     }
 

@@ -198,10 +198,10 @@ impl Inputs {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let file: MeshFile =
-            serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(&text)).map_err(
-                |e| ConfigError(format!("{}: {}: {}", path.display(), e.path(), e.inner())),
-            )?;
+        let file: MeshFile = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+            &text,
+        ))
+        .map_err(|e| ConfigError(format!("{}: {}: {}", path.display(), e.path(), e.inner())))?;
         let base = path.parent().unwrap_or(Path::new("."));
         let bundle_path = base.join(&file.trust_bundle);
         let bundle_pem = std::fs::read_to_string(&bundle_path)
@@ -236,7 +236,12 @@ impl Snapshot {
     /// Reads and validates the mesh file and everything it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let inputs = Inputs::read(path)?;
-        Self::build(inputs.file, &inputs.bundle_pem, &inputs.policy_texts, inputs.version)
+        Self::build(
+            inputs.file,
+            &inputs.bundle_pem,
+            &inputs.policy_texts,
+            inputs.version,
+        )
     }
 
     /// Validates a parsed mesh file with its bundle and policy texts.
@@ -247,8 +252,8 @@ impl Snapshot {
         version: String,
     ) -> Result<Self, ConfigError> {
         let err = |m: String| ConfigError(m);
-        let td = TrustDomain::parse(&file.trust_domain)
-            .map_err(|e| err(format!("trustDomain: {e}")))?;
+        let td =
+            TrustDomain::parse(&file.trust_domain).map_err(|e| err(format!("trustDomain: {e}")))?;
         let mut bundle = TrustBundle::new();
         bundle
             .add_pem(&td, bundle_pem)
@@ -284,12 +289,22 @@ impl Snapshot {
             let identity = SpiffeId::for_service_account(&td, &w.namespace, &w.service_account)
                 .map_err(|e| err(format!("{}: {e}", at("serviceAccount"))))?;
             if by_ip.contains_key(&w.ip) {
-                return Err(err(format!("{}: {} is used by another workload", at("ip"), w.ip)));
+                return Err(err(format!(
+                    "{}: {} is used by another workload",
+                    at("ip"),
+                    w.ip
+                )));
             }
             let http_ports = w
                 .ports
                 .iter()
-                .filter(|p| is_http(p.name.as_deref(), p.protocol.as_deref(), p.app_protocol.as_deref()))
+                .filter(|p| {
+                    is_http(
+                        p.name.as_deref(),
+                        p.protocol.as_deref(),
+                        p.app_protocol.as_deref(),
+                    )
+                })
                 .map(|p| p.port)
                 .collect();
             let wp = policies.for_workload(&w.namespace, &w.labels);
@@ -325,7 +340,9 @@ impl Snapshot {
             for (j, p) in s.ports.iter().enumerate() {
                 let key = SocketAddr::new(s.vip, p.port);
                 if services.contains_key(&key) {
-                    return Err(err(format!("services[{i}].ports[{j}]: {key} is declared twice")));
+                    return Err(err(format!(
+                        "services[{i}].ports[{j}]: {key} is declared twice"
+                    )));
                 }
                 services.insert(
                     key,
@@ -350,7 +367,10 @@ impl Snapshot {
     }
 
     /// The workloads scheduled on `node`.
-    pub fn local_workloads<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
+    pub fn local_workloads<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
         self.by_ip.values().filter(move |w| w.node == node)
     }
 }
@@ -365,9 +385,10 @@ pub fn policy_files(p: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
         entries.sort();
         for e in entries {
             let name = e.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let is_policy = (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
-                && !name.ends_with(".test.yaml")
-                && !name.ends_with(".test.yml");
+            let is_policy =
+                (name.ends_with(".yaml") || name.ends_with(".yml") || name.ends_with(".json"))
+                    && !name.ends_with(".test.yaml")
+                    && !name.ends_with(".test.yml");
             if e.is_dir() || is_policy {
                 policy_files(&e, out)?;
             }

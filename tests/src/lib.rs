@@ -1,0 +1,436 @@
+//! A cluster made of Linux network namespaces, for tests that need real interception.
+//!
+//! Topology (every name carries a per-test prefix so leftovers never collide):
+//! ```text
+//!  <p>-net : bridge br0 ──┬── <p>-ctl  10.77.0.100   `ward ca serve`
+//!                         ├── <p>-n1   10.77.0.1     ward-proxy (node-1), pods 10.77.1.0/24
+//!                         └── <p>-n2   10.77.0.2     ward-proxy (node-2), pods 10.77.2.0/24
+//!  <p>-n1p1 … : pods, each on its own routed /30 veth to its node (so all pod traffic is routed
+//!               through the node namespace, where interception happens)
+//! ```
+//! [`Cluster`] starts the CA, the proxies and any servers as child processes and, on drop
+//! (also when a test panics), kills them by PID and deletes every namespace it created — which
+//! removes their links and rules with them.
+//!
+//! These tests need root and `ip`, `nft`, `curl`, `python3`; without them they fail with a
+//! message saying what is missing (they never skip silently).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Namespace tests share host resources (names, the bridge module); run them one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A pod to create.
+#[derive(Debug, Clone)]
+pub struct PodSpec {
+    pub name: &'static str,
+    pub node: usize,
+    pub namespace: &'static str,
+    pub service_account: &'static str,
+    pub labels: &'static [(&'static str, &'static str)],
+}
+
+/// A pod as created.
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub spec: PodSpec,
+    pub netns: String,
+    pub ip: String,
+}
+
+pub struct Cluster {
+    pub prefix: String,
+    pub dir: tempfile::TempDir,
+    pub nodes: usize,
+    pub pods: Vec<Pod>,
+    namespaces: Vec<String>,
+    children: Vec<(String, Child)>,
+    proxies: Vec<Option<Child>>,
+}
+
+/// Runs a command, returning its output (never panics on a non-zero exit).
+pub fn run(cmd: &mut Command) -> Output {
+    match cmd.output() {
+        Ok(o) => o,
+        Err(e) => panic!("cannot run {cmd:?}: {e} — is the tool installed? (.ci/run installs it)"),
+    }
+}
+
+/// Runs a command that must succeed.
+pub fn must(cmd: &mut Command) -> String {
+    let o = run(cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn ip(args: &[&str]) -> String {
+    must(Command::new("ip").args(args))
+}
+
+/// `ip netns exec NS cmd…`
+pub fn in_ns(ns: &str, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, program]);
+    c
+}
+
+/// Fails loudly if this machine cannot run namespace tests.
+pub fn require_privileges() {
+    let uid = run(Command::new("id").arg("-u"));
+    let uid = String::from_utf8_lossy(&uid.stdout).trim().to_owned();
+    assert_eq!(
+        uid, "0",
+        "network-namespace tests need root (CI runs as root); run them as root or with sudo"
+    );
+    for tool in ["ip", "nft", "curl", "python3"] {
+        let o = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        assert!(
+            o.is_ok_and(|o| o.status.success()),
+            "{tool} is missing; `.ci/run` installs it (apt-get install -y iproute2 nftables curl python3)"
+        );
+    }
+}
+
+/// The workspace's target directory and the binaries built from it.
+pub fn binary(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // Building is a no-op when up to date; it makes `cargo test -p ward-tests` self-sufficient.
+    must(Command::new(cargo).current_dir(&root).args(["build", "--quiet", "-p", "ward-proxy", "-p", "ward-cli"]));
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    target.join("debug").join(name)
+}
+
+impl Cluster {
+    /// Builds the namespaces and links; starts nothing yet.
+    pub fn new(nodes: usize, pods: &[PodSpec]) -> Cluster {
+        require_privileges();
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let prefix = format!("wt{}x{n}", std::process::id() % 10000);
+        let mut c = Cluster {
+            prefix: prefix.clone(),
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
+            nodes,
+            pods: Vec::new(),
+            namespaces: Vec::new(),
+            children: Vec::new(),
+            proxies: (0..nodes).map(|_| None).collect(),
+        };
+        let net = c.add_ns("net");
+        must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
+        must(in_ns(&net, "ip").args(["link", "set", "br0", "up"]));
+        let ctl = c.add_ns("ctl");
+        c.attach(&ctl, "c0", "10.77.0.100/24");
+        for i in 1..=nodes {
+            let node = c.add_ns(&format!("n{i}"));
+            c.attach(&node, &format!("n{i}"), &format!("10.77.0.{i}/24"));
+            must(in_ns(&node, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+            for j in 1..=nodes {
+                if j != i {
+                    must(in_ns(&node, "ip").args(["route", "add", &format!("10.77.{j}.0/24"), "via", &format!("10.77.0.{j}")]));
+                }
+            }
+        }
+        for (k, spec) in pods.iter().enumerate() {
+            let node_ns = c.ns(&format!("n{}", spec.node));
+            let pod_ns = c.add_ns(&format!("n{}p{k}", spec.node));
+            let host_if = format!("p{k}");
+            let base = 4 * (k as u32 + 1);
+            let gw = format!("10.77.{}.{}", spec.node, base + 1);
+            let pod_ip = format!("10.77.{}.{}", spec.node, base + 2);
+            ip(&["link", "add", &host_if, "netns", &node_ns, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns]);
+            must(in_ns(&node_ns, "ip").args(["addr", "add", &format!("{gw}/30"), "dev", &host_if]));
+            must(in_ns(&node_ns, "ip").args(["link", "set", &host_if, "up"]));
+            must(in_ns(&pod_ns, "ip").args(["addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"]));
+            must(in_ns(&pod_ns, "ip").args(["link", "set", "eth0", "up"]));
+            must(in_ns(&pod_ns, "ip").args(["route", "add", "default", "via", &gw]));
+            c.pods.push(Pod { spec: spec.clone(), netns: pod_ns, ip: pod_ip });
+        }
+        c
+    }
+
+    /// The full name of a namespace of this cluster.
+    pub fn ns(&self, short: &str) -> String {
+        format!("{}-{short}", self.prefix)
+    }
+
+    fn add_ns(&mut self, short: &str) -> String {
+        let name = self.ns(short);
+        ip(&["netns", "add", &name]);
+        self.namespaces.push(name.clone());
+        must(in_ns(&name, "ip").args(["link", "set", "lo", "up"]));
+        name
+    }
+
+    /// Connects `ns` to the bridge with a veth whose namespace end is `eth0`.
+    fn attach(&self, ns: &str, bridge_port: &str, addr: &str) {
+        let net = self.ns("net");
+        ip(&["link", "add", bridge_port, "netns", &net, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        must(in_ns(&net, "ip").args(["link", "set", bridge_port, "master", "br0", "up"]));
+        must(in_ns(ns, "ip").args(["addr", "add", addr, "dev", "eth0"]));
+        must(in_ns(ns, "ip").args(["link", "set", "eth0", "up"]));
+    }
+
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.pods
+            .iter()
+            .find(|p| p.spec.name == name)
+            .unwrap_or_else(|| panic!("no pod {name}"))
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a long-running process inside `ns`, logging to `<dir>/<label>.log`.
+    pub fn spawn(&mut self, label: &str, ns: &str, program: &Path, args: &[&str]) {
+        let log = std::fs::File::create(self.path(&format!("{label}.log"))).unwrap_or_else(|e| panic!("{e}"));
+        let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(program)
+            .args(args)
+            .current_dir(self.dir.path())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {label}: {e}"));
+        self.children.push((label.to_owned(), child));
+    }
+
+    /// Creates a CA, the trust bundle and node tokens, and starts `ward ca serve` in `<p>-ctl`.
+    pub fn start_ca(&mut self) {
+        let ward = binary("ward");
+        must(Command::new(&ward).args(["ca", "init", "--trust-domain", "cluster.local", "--out"]).arg(self.path("ca")));
+        let mut nodes = String::from("nodes:\n");
+        for i in 1..=self.nodes {
+            let _ = writeln!(nodes, "  - name: node-{i}\n    workloads:");
+            for p in self.pods.iter().filter(|p| p.spec.node == i) {
+                let _ = writeln!(nodes, "      - {{namespace: {}, serviceAccount: {}}}", p.spec.namespace, p.spec.service_account);
+            }
+            if !self.pods.iter().any(|p| p.spec.node == i) {
+                nodes.push_str("      []\n");
+            }
+            let token = must(Command::new(&ward).args(["ca", "bootstrap-token", "--node", &format!("node-{i}"), "--ca"]).arg(self.path("ca")));
+            std::fs::write(self.path(&format!("token-{i}")), token.trim()).unwrap_or_else(|e| panic!("{e}"));
+        }
+        std::fs::write(self.path("nodes.yaml"), nodes.replace("    workloads:\n      []\n", "    workloads: []\n"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let ctl = self.ns("ctl");
+        let ca_dir = self.path("ca").display().to_string();
+        let nodes_file = self.path("nodes.yaml").display().to_string();
+        self.spawn("ca", &ctl, &ward, &["ca", "serve", "--ca", &ca_dir, "--nodes", &nodes_file, "--listen", "10.77.0.100:15012"]);
+    }
+
+    /// Stops the CA (to test renewal without it).
+    pub fn stop(&mut self, label: &str) {
+        if let Some(pos) = self.children.iter().position(|(l, _)| l == label) {
+            let (_, mut child) = self.children.remove(pos);
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Writes the mesh configuration: nodes, pods, a service `web` (10.96.0.10:80 → 8080 on
+    /// pods labelled app=web), `extra` appended verbatim, and policies from `policies/`.
+    pub fn write_mesh(&self, extra: &str) {
+        let mut y = String::from("trustDomain: cluster.local\ntrustBundle: ca/root.pem\npolicies: [policies]\nnodes:\n");
+        for i in 1..=self.nodes {
+            let _ = writeln!(y, "  - {{name: node-{i}, address: 10.77.0.{i}, podCidr: 10.77.{i}.0/24}}");
+        }
+        y.push_str("workloads:\n");
+        for p in &self.pods {
+            let labels: Vec<String> = p.spec.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let _ = writeln!(
+                y,
+                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: tcp}}]}}",
+                p.spec.name, p.spec.namespace, p.spec.service_account, p.spec.node, p.ip, labels.join(", ")
+            );
+        }
+        y.push_str("services:\n  - {name: web, namespace: shop, vip: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n");
+        y.push_str(extra);
+        let _ = std::fs::create_dir_all(self.path("policies"));
+        // Write atomically so a proxy never reads half a file.
+        let tmp = self.path("mesh.yaml.tmp");
+        std::fs::write(&tmp, y).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, self.path("mesh.yaml")).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Replaces the policy files (atomically per file).
+    pub fn write_policy(&self, name: &str, yaml: &str) {
+        let _ = std::fs::create_dir_all(self.path("policies"));
+        let tmp = self.path(&format!("{name}.tmp"));
+        std::fs::write(&tmp, yaml).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, self.path(&format!("policies/{name}"))).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    pub fn remove_policy(&self, name: &str) {
+        let _ = std::fs::remove_file(self.path(&format!("policies/{name}")));
+    }
+
+    /// Starts the proxy of node `i` and waits until it is ready.
+    pub fn start_proxy(&mut self, i: usize, extra_args: &[&str]) {
+        let proxy = binary("ward-proxy");
+        let log = std::fs::File::create(self.path(&format!("proxy-{i}.log"))).unwrap_or_else(|e| panic!("{e}"));
+        let access = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("access-{i}.log")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(&format!("n{i}"))])
+            .arg(proxy)
+            .args(["--node", &format!("node-{i}"), "--config", "mesh.yaml", "--ca-address", "10.77.0.100:15012", "--token-file", &format!("token-{i}"), "--drain-timeout", "2s"])
+            .args(extra_args)
+            .env("WARD_LOG", "info,ward_proxy=debug")
+            .current_dir(self.dir.path())
+            .stdout(Stdio::from(access))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting ward-proxy: {e}"));
+        self.proxies[i - 1] = Some(child);
+        self.wait_ready(i, Duration::from_secs(20));
+    }
+
+    pub fn wait_ready(&self, i: usize, within: Duration) {
+        let ns = self.ns(&format!("n{i}"));
+        let start = Instant::now();
+        loop {
+            let o = run(in_ns(&ns, "curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://127.0.0.1:15021/healthz/ready"]));
+            if String::from_utf8_lossy(&o.stdout) == "200" {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "proxy on node-{i} not ready within {within:?}; its log:\n{}",
+                std::fs::read_to_string(self.path(&format!("proxy-{i}.log"))).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM to the proxy of node `i` and waits for it to exit.
+    pub fn stop_proxy(&mut self, i: usize) -> std::process::ExitStatus {
+        let mut child = self.proxies[i - 1].take().unwrap_or_else(|| panic!("proxy {i} is not running"));
+        // `ip netns exec` execs the program, so the PID is the proxy's.
+        must(Command::new("kill").args(["-TERM", &child.id().to_string()]));
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if start.elapsed() > Duration::from_secs(15) {
+                let _ = child.kill();
+                panic!("proxy {i} did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Admin endpoint of node `i` (loopback inside the node namespace).
+    pub fn admin(&self, i: usize, path: &str) -> serde_json::Value {
+        let out = must(in_ns(&self.ns(&format!("n{i}")), "curl").args(["-s", "--max-time", "3", &format!("http://127.0.0.1:15000{path}")]));
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("admin {path}: {e}: {out}"))
+    }
+
+    /// Access-log records of node `i`.
+    pub fn access_log(&self, i: usize) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.path(&format!("access-{i}.log")))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Starts an HTTP server on `pod`:8080 answering `<pod> <method> <path> <body length>`.
+    pub fn serve_http(&mut self, pod: &str) {
+        let script = self.path("server.py");
+        if !script.exists() {
+            std::fs::write(&script, SERVER_PY).unwrap_or_else(|e| panic!("{e}"));
+        }
+        let ns = self.pod(pod).netns.clone();
+        let python = PathBuf::from("python3");
+        let script = script.display().to_string();
+        self.spawn(&format!("server-{pod}"), &ns, &python, &[&script, pod]);
+        // Wait until it listens.
+        let start = Instant::now();
+        while !String::from_utf8_lossy(&run(in_ns(&ns, "ss").args(["-ltn"])).stdout).contains(":8080") {
+            assert!(start.elapsed() < Duration::from_secs(10), "server in {pod} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `curl` from `pod` to `url`; returns (http code or 000, body).
+    pub fn curl(&self, pod: &str, url: &str, extra: &[&str]) -> (String, String) {
+        let ns = &self.pod(pod).netns;
+        self.curl_in(ns, url, extra)
+    }
+
+    pub fn curl_in(&self, ns: &str, url: &str, extra: &[&str]) -> (String, String) {
+        let o = run(in_ns(ns, "curl").args(["-s", "--max-time", "5", "-w", "\n%{http_code}"]).args(extra).arg(url));
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (code.trim().to_owned(), body.to_owned())
+    }
+
+    pub fn log_of(&self, label: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.proxies.iter_mut().flatten() {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        for child in self.proxies.iter_mut().flatten() {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && !matches!(child.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        for ns in self.namespaces.iter().rev() {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("cluster {} torn down; logs were in {}", self.prefix, self.dir.path().display());
+        }
+    }
+}
+
+const SERVER_PY: &str = r#"
+import http.server, sys
+NAME = sys.argv[1]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def handle_any(self):
+        n = int(self.headers.get("content-length") or 0)
+        body = self.rfile.read(n) if n else b""
+        out = f"{NAME} {self.command} {self.path} {len(body)}\n".encode()
+        self.send_response(200)
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+    do_GET = do_POST = do_PUT = do_DELETE = handle_any
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+"#;
