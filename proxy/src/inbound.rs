@@ -68,11 +68,7 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
     let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
-            let reason = e
-                .get_ref()
-                .and_then(|i| i.downcast_ref::<rustls::Error>())
-                .and_then(|te| ward_lib_identity::tls::svid_error(te).map(|s| s.to_string()))
-                .unwrap_or_else(|| e.to_string());
+            let reason = tls::handshake_reason(&e);
             tracing::info!(peer = %peer_addr, %reason, "HBONE handshake refused");
             return;
         }

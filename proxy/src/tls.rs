@@ -105,6 +105,17 @@ pub fn client_config(
     Ok(cfg)
 }
 
+/// A handshake failure in words: the SVID rule that failed when that is the cause.
+pub fn handshake_reason(e: &std::io::Error) -> String {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .map(|te| match ward_lib_identity::tls::svid_error(te) {
+            Some(svid) => format!("peer certificate refused: {svid}"),
+            None => te.to_string(),
+        })
+        .unwrap_or_else(|| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

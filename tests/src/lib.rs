@@ -228,6 +228,12 @@ impl Cluster {
         }
         std::fs::write(self.path("nodes.yaml"), nodes.replace("    workloads:\n      []\n", "    workloads: []\n"))
             .unwrap_or_else(|e| panic!("{e}"));
+        self.serve_ca();
+    }
+
+    /// (Re)starts `ward ca serve` on the existing CA directory.
+    pub fn serve_ca(&mut self) {
+        let ward = binary("ward");
         let ctl = self.ns("ctl");
         let ca_dir = self.path("ca").display().to_string();
         let nodes_file = self.path("nodes.yaml").display().to_string();

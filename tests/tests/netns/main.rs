@@ -5,6 +5,7 @@
 mod datapath;
 mod lifecycle;
 mod policy;
+mod rotation;
 
 use ward_tests::PodSpec;
 
