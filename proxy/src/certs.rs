@@ -1,8 +1,8 @@
 //! Workload certificates for the workloads on this node.
 //!
 //! For each local identity the proxy generates a key in memory, sends a CSR to the CA
-//! (authenticated as the node), and renews at half-life (minus up to 10 % jitter so a node's
-//! renewals spread out). A failed request retries with jittered exponential backoff (0.5 s
+//! (authenticated as the node), and renews at half of the remaining validity (minus up to 10 %
+//! jitter so a node's renewals spread out). A failed request retries with jittered exponential backoff (0.5 s
 //! doubling to 30 s) and the old certificate keeps being served until a new one arrives; the
 //! swap is an `Arc` replacement, so live connections are not disturbed.
 
@@ -141,10 +141,12 @@ impl CertManager {
                 continue;
             }
             match self.request(&snap.trust_domain, &snap.bundle, ns, sa).await {
-                Ok((key, not_before, not_after)) => {
-                    let lifetime = (not_after - not_before).max(1) as f64;
+                Ok((key, _not_before, not_after)) => {
+                    // Half of the validity left now (notBefore is backdated by the CA, so it is
+                    // not the issuance time), minus up to 10 % jitter.
+                    let remaining = (not_after as f64 - unix_now()).max(2.0);
                     let jitter = 1.0 - rand::random::<f64>() * 0.1;
-                    let renew_in = (lifetime / 2.0 * jitter - elapsed_since(not_before)).max(1.0);
+                    let renew_in = (remaining / 2.0 * jitter).max(1.0);
                     let renewed = self
                         .certs
                         .write()
@@ -218,10 +220,9 @@ impl CertManager {
     }
 }
 
-fn elapsed_since(unix: i64) -> f64 {
-    let now = SystemTime::now()
+fn unix_now() -> f64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
-    (now - unix as f64).max(0.0)
+        .unwrap_or(0.0)
 }

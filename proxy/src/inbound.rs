@@ -300,7 +300,7 @@ pub async fn serve_plaintext(
     }
 }
 
-async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let Ok(target) = socket::original_dst(&tcp) else {
         return;

@@ -198,3 +198,6 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // Drop the borrow guard here, so callers' futures stay `Send`.
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
+
+#[cfg(test)]
+mod tests;

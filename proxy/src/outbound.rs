@@ -37,7 +37,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiv
     }
 }
 
-async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
+pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     let Ok(orig) = socket::original_dst(&tcp) else {
@@ -92,9 +92,8 @@ async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
             rec.dst = addr.to_string();
             rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
             rec.dst_identity = Some(w.identity.to_string());
-            match ctx
-                .pool
-                .tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip())
+            // Boxed: the dial path is large and needed once; the long-lived relay state stays small.
+            match Box::pin(ctx.pool.tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip()))
                 .await
             {
                 Ok(up) => {

@@ -53,6 +53,7 @@ pub struct Cluster {
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
     proxies: Vec<Option<Child>>,
+    host_link: Option<String>,
 }
 
 /// Runs a command, returning its output (never panics on a non-zero exit).
@@ -127,12 +128,21 @@ impl Cluster {
             namespaces: Vec::new(),
             children: Vec::new(),
             proxies: (0..nodes).map(|_| None).collect(),
+            host_link: None,
         };
         let net = c.add_ns("net");
         must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
         must(in_ns(&net, "ip").args(["link", "set", "br0", "up"]));
         let ctl = c.add_ns("ctl");
         c.attach(&ctl, "c0", "10.77.0.100/24");
+        // A link from the test process's own namespace, so tests can act as a hostile or
+        // foreign peer (10.77.0.200). Its root-side name carries the prefix to stay unique.
+        let host_if = format!("{}h", c.prefix);
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "h0", "netns", &net]);
+        must(in_ns(&net, "ip").args(["link", "set", "h0", "master", "br0", "up"]));
+        ip(&["addr", "add", "10.77.0.200/24", "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        c.host_link = Some(host_if);
         for i in 1..=nodes {
             let node = c.add_ns(&format!("n{i}"));
             c.attach(&node, &format!("n{i}"), &format!("10.77.0.{i}/24"));
@@ -412,6 +422,9 @@ impl Drop for Cluster {
         for (_, child) in &mut self.children {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(link) = &self.host_link {
+            let _ = Command::new("ip").args(["link", "del", link]).status();
         }
         for ns in self.namespaces.iter().rev() {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();

@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected errors
 
 mod datapath;
+mod hostile;
+mod interop;
 mod lifecycle;
 mod policy;
 mod rotation;

@@ -62,7 +62,7 @@ fn rotation_and_ca_outage() {
     let before = renewals(&c, 1);
     let down = Instant::now();
     let mut retried = false;
-    while down.elapsed() < Duration::from_secs(25) {
+    while down.elapsed() < Duration::from_secs(50) {
         ping(n);
         n += 1;
         retried = c.log_of("proxy-1").matches("certificate request failed").count() >= 2;
