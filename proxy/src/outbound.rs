@@ -93,8 +93,11 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
             rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
             rec.dst_identity = Some(w.identity.to_string());
             // Boxed: the dial path is large and needed once; the long-lived relay state stays small.
-            match Box::pin(ctx.pool.tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip()))
-                .await
+            match Box::pin(
+                ctx.pool
+                    .tunnel(&src.identity, &w.identity, w.hbone, addr, peer.ip()),
+            )
+            .await
             {
                 Ok(up) => {
                     rec.decision = "allow";

@@ -35,7 +35,10 @@ pub enum TunnelError {
     #[error("connecting to {0}: {1}")]
     Connect(SocketAddr, std::io::Error),
     #[error("TLS with {addr}: {}", tls::handshake_reason(.source))]
-    Tls { addr: SocketAddr, source: std::io::Error },
+    Tls {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("HTTP/2 with {0}: {1}")]
     Http(SocketAddr, hyper::Error),
     #[error("tunnel refused by {0}: HTTP {1}")]
@@ -134,7 +137,10 @@ impl Pool {
             addr: *proxy,
             source: std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"),
         })?
-        .map_err(|e| TunnelError::Tls { addr: *proxy, source: e })?;
+        .map_err(|e| TunnelError::Tls {
+            addr: *proxy,
+            source: e,
+        })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .initial_stream_window_size(4 * 1024 * 1024)

@@ -48,8 +48,14 @@ async fn per_connection_futures_are_small() {
     let (a, b) = pair().await;
     let peer = a.local_addr().unwrap();
     let sizes = [
-        ("outbound", std::mem::size_of_val(&outbound::connection(ctx.clone(), a, peer))),
-        ("inbound plaintext", std::mem::size_of_val(&inbound::plaintext_connection(ctx.clone(), b, peer))),
+        (
+            "outbound",
+            std::mem::size_of_val(&outbound::connection(ctx.clone(), a, peer)),
+        ),
+        (
+            "inbound plaintext",
+            std::mem::size_of_val(&inbound::plaintext_connection(ctx.clone(), b, peer)),
+        ),
     ];
     let (c, d) = pair().await;
     let (e, f) = pair().await;
@@ -58,7 +64,10 @@ async fn per_connection_futures_are_small() {
     drop(splice);
     drop((d, f));
     for (name, size) in sizes.into_iter().chain([("relay", relay_size)]) {
-        assert!(size <= MAX_CONNECTION_FUTURE, "{name} connection future is {size} bytes (limit {MAX_CONNECTION_FUTURE})");
+        assert!(
+            size <= MAX_CONNECTION_FUTURE,
+            "{name} connection future is {size} bytes (limit {MAX_CONNECTION_FUTURE})"
+        );
         eprintln!("{name}: {size} bytes");
     }
 }

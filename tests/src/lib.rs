@@ -96,7 +96,9 @@ pub fn require_privileges() {
         "network-namespace tests need root (CI runs as root); run them as root or with sudo"
     );
     for tool in ["ip", "nft", "curl", "python3"] {
-        let o = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output();
+        let o = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output();
         assert!(
             o.is_ok_and(|o| o.status.success()),
             "{tool} is missing; `.ci/run` installs it (apt-get install -y iproute2 nftables curl python3)"
@@ -106,11 +108,23 @@ pub fn require_privileges() {
 
 /// The workspace's target directory and the binaries built from it.
 pub fn binary(name: &str) -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).to_owned();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     // Building is a no-op when up to date; it makes `cargo test -p ward-tests` self-sufficient.
-    must(Command::new(cargo).current_dir(&root).args(["build", "--quiet", "-p", "ward-proxy", "-p", "ward-cli"]));
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| root.join("target"));
+    must(Command::new(cargo).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "ward-proxy",
+        "-p",
+        "ward-cli",
+    ]));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
     target.join("debug").join(name)
 }
 
@@ -138,7 +152,9 @@ impl Cluster {
         // A link from the test process's own namespace, so tests can act as a hostile or
         // foreign peer (10.77.0.200). Its root-side name carries the prefix to stay unique.
         let host_if = format!("{}h", c.prefix);
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "h0", "netns", &net]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "h0", "netns", &net,
+        ]);
         must(in_ns(&net, "ip").args(["link", "set", "h0", "master", "br0", "up"]));
         ip(&["addr", "add", "10.77.0.200/24", "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
@@ -149,7 +165,13 @@ impl Cluster {
             must(in_ns(&node, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
             for j in 1..=nodes {
                 if j != i {
-                    must(in_ns(&node, "ip").args(["route", "add", &format!("10.77.{j}.0/24"), "via", &format!("10.77.0.{j}")]));
+                    must(in_ns(&node, "ip").args([
+                        "route",
+                        "add",
+                        &format!("10.77.{j}.0/24"),
+                        "via",
+                        &format!("10.77.0.{j}"),
+                    ]));
                 }
             }
         }
@@ -160,13 +182,26 @@ impl Cluster {
             let base = 4 * (k as u32 + 1);
             let gw = format!("10.77.{}.{}", spec.node, base + 1);
             let pod_ip = format!("10.77.{}.{}", spec.node, base + 2);
-            ip(&["link", "add", &host_if, "netns", &node_ns, "type", "veth", "peer", "name", "eth0", "netns", &pod_ns]);
+            ip(&[
+                "link", "add", &host_if, "netns", &node_ns, "type", "veth", "peer", "name", "eth0",
+                "netns", &pod_ns,
+            ]);
             must(in_ns(&node_ns, "ip").args(["addr", "add", &format!("{gw}/30"), "dev", &host_if]));
             must(in_ns(&node_ns, "ip").args(["link", "set", &host_if, "up"]));
-            must(in_ns(&pod_ns, "ip").args(["addr", "add", &format!("{pod_ip}/30"), "dev", "eth0"]));
+            must(in_ns(&pod_ns, "ip").args([
+                "addr",
+                "add",
+                &format!("{pod_ip}/30"),
+                "dev",
+                "eth0",
+            ]));
             must(in_ns(&pod_ns, "ip").args(["link", "set", "eth0", "up"]));
             must(in_ns(&pod_ns, "ip").args(["route", "add", "default", "via", &gw]));
-            c.pods.push(Pod { spec: spec.clone(), netns: pod_ns, ip: pod_ip });
+            c.pods.push(Pod {
+                spec: spec.clone(),
+                netns: pod_ns,
+                ip: pod_ip,
+            });
         }
         c
     }
@@ -187,7 +222,20 @@ impl Cluster {
     /// Connects `ns` to the bridge with a veth whose namespace end is `eth0`.
     fn attach(&self, ns: &str, bridge_port: &str, addr: &str) {
         let net = self.ns("net");
-        ip(&["link", "add", bridge_port, "netns", &net, "type", "veth", "peer", "name", "eth0", "netns", ns]);
+        ip(&[
+            "link",
+            "add",
+            bridge_port,
+            "netns",
+            &net,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns,
+        ]);
         must(in_ns(&net, "ip").args(["link", "set", bridge_port, "master", "br0", "up"]));
         must(in_ns(ns, "ip").args(["addr", "add", addr, "dev", "eth0"]));
         must(in_ns(ns, "ip").args(["link", "set", "eth0", "up"]));
@@ -206,7 +254,8 @@ impl Cluster {
 
     /// Starts a long-running process inside `ns`, logging to `<dir>/<label>.log`.
     pub fn spawn(&mut self, label: &str, ns: &str, program: &Path, args: &[&str]) {
-        let log = std::fs::File::create(self.path(&format!("{label}.log"))).unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::File::create(self.path(&format!("{label}.log")))
+            .unwrap_or_else(|e| panic!("{e}"));
         let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
         let child = Command::new("ip")
             .args(["netns", "exec", ns])
@@ -223,21 +272,43 @@ impl Cluster {
     /// Creates a CA, the trust bundle and node tokens, and starts `ward ca serve` in `<p>-ctl`.
     pub fn start_ca(&mut self) {
         let ward = binary("ward");
-        must(Command::new(&ward).args(["ca", "init", "--trust-domain", "cluster.local", "--out"]).arg(self.path("ca")));
+        must(
+            Command::new(&ward)
+                .args(["ca", "init", "--trust-domain", "cluster.local", "--out"])
+                .arg(self.path("ca")),
+        );
         let mut nodes = String::from("nodes:\n");
         for i in 1..=self.nodes {
             let _ = writeln!(nodes, "  - name: node-{i}\n    workloads:");
             for p in self.pods.iter().filter(|p| p.spec.node == i) {
-                let _ = writeln!(nodes, "      - {{namespace: {}, serviceAccount: {}}}", p.spec.namespace, p.spec.service_account);
+                let _ = writeln!(
+                    nodes,
+                    "      - {{namespace: {}, serviceAccount: {}}}",
+                    p.spec.namespace, p.spec.service_account
+                );
             }
             if !self.pods.iter().any(|p| p.spec.node == i) {
                 nodes.push_str("      []\n");
             }
-            let token = must(Command::new(&ward).args(["ca", "bootstrap-token", "--node", &format!("node-{i}"), "--ca"]).arg(self.path("ca")));
-            std::fs::write(self.path(&format!("token-{i}")), token.trim()).unwrap_or_else(|e| panic!("{e}"));
+            let token = must(
+                Command::new(&ward)
+                    .args([
+                        "ca",
+                        "bootstrap-token",
+                        "--node",
+                        &format!("node-{i}"),
+                        "--ca",
+                    ])
+                    .arg(self.path("ca")),
+            );
+            std::fs::write(self.path(&format!("token-{i}")), token.trim())
+                .unwrap_or_else(|e| panic!("{e}"));
         }
-        std::fs::write(self.path("nodes.yaml"), nodes.replace("    workloads:\n      []\n", "    workloads: []\n"))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            self.path("nodes.yaml"),
+            nodes.replace("    workloads:\n      []\n", "    workloads: []\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         self.serve_ca();
     }
 
@@ -247,7 +318,21 @@ impl Cluster {
         let ctl = self.ns("ctl");
         let ca_dir = self.path("ca").display().to_string();
         let nodes_file = self.path("nodes.yaml").display().to_string();
-        self.spawn("ca", &ctl, &ward, &["ca", "serve", "--ca", &ca_dir, "--nodes", &nodes_file, "--listen", "10.77.0.100:15012"]);
+        self.spawn(
+            "ca",
+            &ctl,
+            &ward,
+            &[
+                "ca",
+                "serve",
+                "--ca",
+                &ca_dir,
+                "--nodes",
+                &nodes_file,
+                "--listen",
+                "10.77.0.100:15012",
+            ],
+        );
     }
 
     /// Stops the CA (to test renewal without it).
@@ -262,13 +347,23 @@ impl Cluster {
     /// Writes the mesh configuration: nodes, pods, a service `web` (10.96.0.10:80 → 8080 on
     /// pods labelled app=web), `extra` appended verbatim, and policies from `policies/`.
     pub fn write_mesh(&self, extra: &str) {
-        let mut y = String::from("trustDomain: cluster.local\ntrustBundle: ca/root.pem\npolicies: [policies]\nnodes:\n");
+        let mut y = String::from(
+            "trustDomain: cluster.local\ntrustBundle: ca/root.pem\npolicies: [policies]\nnodes:\n",
+        );
         for i in 1..=self.nodes {
-            let _ = writeln!(y, "  - {{name: node-{i}, address: 10.77.0.{i}, podCidr: 10.77.{i}.0/24}}");
+            let _ = writeln!(
+                y,
+                "  - {{name: node-{i}, address: 10.77.0.{i}, podCidr: 10.77.{i}.0/24}}"
+            );
         }
         y.push_str("workloads:\n");
         for p in &self.pods {
-            let labels: Vec<String> = p.spec.labels.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+            let labels: Vec<String> = p
+                .spec
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect();
             let _ = writeln!(
                 y,
                 "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: tcp}}]}}",
@@ -289,7 +384,8 @@ impl Cluster {
         let _ = std::fs::create_dir_all(self.path("policies"));
         let tmp = self.path(&format!("{name}.tmp"));
         std::fs::write(&tmp, yaml).unwrap_or_else(|e| panic!("{e}"));
-        std::fs::rename(&tmp, self.path(&format!("policies/{name}"))).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::rename(&tmp, self.path(&format!("policies/{name}")))
+            .unwrap_or_else(|e| panic!("{e}"));
     }
 
     pub fn remove_policy(&self, name: &str) {
@@ -299,7 +395,8 @@ impl Cluster {
     /// Starts the proxy of node `i` and waits until it is ready.
     pub fn start_proxy(&mut self, i: usize, extra_args: &[&str]) {
         let proxy = binary("ward-proxy");
-        let log = std::fs::File::create(self.path(&format!("proxy-{i}.log"))).unwrap_or_else(|e| panic!("{e}"));
+        let log = std::fs::File::create(self.path(&format!("proxy-{i}.log")))
+            .unwrap_or_else(|e| panic!("{e}"));
         let access = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -308,7 +405,18 @@ impl Cluster {
         let child = Command::new("ip")
             .args(["netns", "exec", &self.ns(&format!("n{i}"))])
             .arg(proxy)
-            .args(["--node", &format!("node-{i}"), "--config", "mesh.yaml", "--ca-address", "10.77.0.100:15012", "--token-file", &format!("token-{i}"), "--drain-timeout", "2s"])
+            .args([
+                "--node",
+                &format!("node-{i}"),
+                "--config",
+                "mesh.yaml",
+                "--ca-address",
+                "10.77.0.100:15012",
+                "--token-file",
+                &format!("token-{i}"),
+                "--drain-timeout",
+                "2s",
+            ])
             .args(extra_args)
             .env("WARD_LOG", "info,ward_proxy=debug")
             .current_dir(self.dir.path())
@@ -324,7 +432,16 @@ impl Cluster {
         let ns = self.ns(&format!("n{i}"));
         let start = Instant::now();
         loop {
-            let o = run(in_ns(&ns, "curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "1", "http://127.0.0.1:15021/healthz/ready"]));
+            let o = run(in_ns(&ns, "curl").args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "1",
+                "http://127.0.0.1:15021/healthz/ready",
+            ]));
             if String::from_utf8_lossy(&o.stdout) == "200" {
                 return;
             }
@@ -339,7 +456,9 @@ impl Cluster {
 
     /// Sends SIGTERM to the proxy of node `i` and waits for it to exit.
     pub fn stop_proxy(&mut self, i: usize) -> std::process::ExitStatus {
-        let mut child = self.proxies[i - 1].take().unwrap_or_else(|| panic!("proxy {i} is not running"));
+        let mut child = self.proxies[i - 1]
+            .take()
+            .unwrap_or_else(|| panic!("proxy {i} is not running"));
         // `ip netns exec` execs the program, so the PID is the proxy's.
         must(Command::new("kill").args(["-TERM", &child.id().to_string()]));
         let start = Instant::now();
@@ -357,7 +476,12 @@ impl Cluster {
 
     /// Admin endpoint of node `i` (loopback inside the node namespace).
     pub fn admin(&self, i: usize, path: &str) -> serde_json::Value {
-        let out = must(in_ns(&self.ns(&format!("n{i}")), "curl").args(["-s", "--max-time", "3", &format!("http://127.0.0.1:15000{path}")]));
+        let out = must(in_ns(&self.ns(&format!("n{i}")), "curl").args([
+            "-s",
+            "--max-time",
+            "3",
+            &format!("http://127.0.0.1:15000{path}"),
+        ]));
         serde_json::from_str(&out).unwrap_or_else(|e| panic!("admin {path}: {e}: {out}"))
     }
 
@@ -382,8 +506,13 @@ impl Cluster {
         self.spawn(&format!("server-{pod}"), &ns, &python, &[&script, pod]);
         // Wait until it listens.
         let start = Instant::now();
-        while !String::from_utf8_lossy(&run(in_ns(&ns, "ss").args(["-ltn"])).stdout).contains(":8080") {
-            assert!(start.elapsed() < Duration::from_secs(10), "server in {pod} did not start");
+        while !String::from_utf8_lossy(&run(in_ns(&ns, "ss").args(["-ltn"])).stdout)
+            .contains(":8080")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "server in {pod} did not start"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -395,7 +524,10 @@ impl Cluster {
     }
 
     pub fn curl_in(&self, ns: &str, url: &str, extra: &[&str]) -> (String, String) {
-        let o = run(in_ns(ns, "curl").args(["-s", "--max-time", "5", "-w", "\n%{http_code}"]).args(extra).arg(url));
+        let o = run(in_ns(ns, "curl")
+            .args(["-s", "--max-time", "5", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(url));
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
         (code.trim().to_owned(), body.to_owned())
@@ -409,7 +541,9 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for child in self.proxies.iter_mut().flatten() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
         }
         for child in self.proxies.iter_mut().flatten() {
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -430,7 +564,11 @@ impl Drop for Cluster {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
         if std::thread::panicking() {
-            eprintln!("cluster {} torn down; logs were in {}", self.prefix, self.dir.path().display());
+            eprintln!(
+                "cluster {} torn down; logs were in {}",
+                self.prefix,
+                self.dir.path().display()
+            );
         }
     }
 }

@@ -25,26 +25,47 @@ fn pod_to_pod_across_nodes_and_via_service() {
     let c = cluster();
     let web2 = c.pod("web-2").ip.clone();
     let (code, body) = c.curl("client-1", &format!("http://{web2}:8080/hello"), &[]);
-    assert_eq!(code, "200", "cross-node request failed: {body}\n{}", c.log_of("proxy-1"));
+    assert_eq!(
+        code,
+        "200",
+        "cross-node request failed: {body}\n{}",
+        c.log_of("proxy-1")
+    );
     assert_eq!(body.trim(), "web-2 GET /hello 0");
     // Through the Service VIP: both endpoints eventually answer.
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..20 {
         let (code, body) = c.curl("client-1", "http://10.96.0.10:80/svc", &[]);
         assert_eq!(code, "200", "{body}");
-        seen.insert(body.split_whitespace().next().unwrap_or_default().to_owned());
+        seen.insert(
+            body.split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
     }
-    assert_eq!(seen.len(), 2, "the VIP should balance over both endpoints: {seen:?}");
+    assert_eq!(
+        seen.len(),
+        2,
+        "the VIP should balance over both endpoints: {seen:?}"
+    );
     // The destination proxy attributes the connection to the client's SPIFFE ID.
     std::thread::sleep(Duration::from_millis(300));
     let log = c.access_log(2);
     let inbound: Vec<_> = log.iter().filter(|r| r["direction"] == "inbound").collect();
     assert!(!inbound.is_empty(), "no inbound access log on node-2");
     assert!(
-        inbound.iter().all(|r| r["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"),
+        inbound
+            .iter()
+            .all(|r| r["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"),
         "{inbound:?}"
     );
-    assert!(inbound.iter().any(|r| r["src"] == c.pod("client-1").ip.as_str()), "source IP: {inbound:?}");
+    assert!(
+        inbound
+            .iter()
+            .any(|r| r["src"] == c.pod("client-1").ip.as_str()),
+        "source IP: {inbound:?}"
+    );
     assert!(inbound.iter().all(|r| r["decision"] == "allow"));
 }
 
@@ -58,7 +79,9 @@ fn same_node_traffic_also_goes_through_identity() {
     std::thread::sleep(Duration::from_millis(300));
     let log = c.access_log(1);
     assert!(
-        log.iter().any(|r| r["direction"] == "inbound" && r["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client" && r["dst"] == format!("{web1}:8080")),
+        log.iter().any(|r| r["direction"] == "inbound"
+            && r["src_identity"] == "spiffe://cluster.local/ns/shop/sa/client"
+            && r["dst"] == format!("{web1}:8080")),
         "{log:?}"
     );
 }
@@ -71,24 +94,42 @@ fn only_tls_crosses_the_link_between_nodes() {
     let pcap = c.path("link.pcap").display().to_string();
     let n1 = c.ns("n1");
     let tcpdump = std::path::PathBuf::from("tcpdump");
-    c.spawn("tcpdump", &n1, &tcpdump, &["-i", "eth0", "-U", "-s", "0", "-w", &pcap, "tcp"]);
+    c.spawn(
+        "tcpdump",
+        &n1,
+        &tcpdump,
+        &["-i", "eth0", "-U", "-s", "0", "-w", &pcap, "tcp"],
+    );
     std::thread::sleep(Duration::from_millis(800));
     let web2 = c.pod("web-2").ip.clone();
     let body = format!("secret={marker}");
-    let (code, out) = c.curl("client-1", &format!("http://{web2}:8080/upload"), &["--data-binary", &body]);
+    let (code, out) = c.curl(
+        "client-1",
+        &format!("http://{web2}:8080/upload"),
+        &["--data-binary", &body],
+    );
     assert_eq!(code, "200", "{out}");
     assert_eq!(out.trim(), format!("web-2 POST /upload {}", body.len()));
     std::thread::sleep(Duration::from_millis(500));
     c.stop("tcpdump");
     let captured = std::fs::read(c.path("link.pcap")).unwrap();
-    assert!(captured.len() > 1000, "the capture saw no traffic ({} bytes)", captured.len());
     assert!(
-        !captured.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        captured.len() > 1000,
+        "the capture saw no traffic ({} bytes)",
+        captured.len()
+    );
+    assert!(
+        !captured
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes()),
         "the marker crossed the link in clear text"
     );
     // And the tunnel port is what was on the wire.
     let text = must(Command::new("tcpdump").args(["-nn", "-r", &pcap]));
-    assert!(text.contains(".15008"), "no HBONE traffic in the capture:\n{text}");
+    assert!(
+        text.contains(".15008"),
+        "no HBONE traffic in the capture:\n{text}"
+    );
 }
 
 #[test]
@@ -100,10 +141,16 @@ fn plaintext_is_refused_for_strict_and_accepted_for_permissive() {
     // proxies. node-2 captures it as plaintext; STRICT (the default) refuses.
     let n1 = c.ns("n1");
     let (code, _) = c.curl_in(&n1, &format!("http://{web2}:8080/bypass"), &[]);
-    assert_eq!(code, "000", "plaintext to a STRICT workload must be refused");
+    assert_eq!(
+        code, "000",
+        "plaintext to a STRICT workload must be refused"
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        c.access_log(2).iter().any(|r| r["direction"] == "inbound-plaintext" && r["reason"].as_str().unwrap_or("").contains("STRICT")),
+        c.access_log(2)
+            .iter()
+            .any(|r| r["direction"] == "inbound-plaintext"
+                && r["reason"].as_str().unwrap_or("").contains("STRICT")),
         "{:?}",
         c.access_log(2)
     );
@@ -114,9 +161,19 @@ fn plaintext_is_refused_for_strict_and_accepted_for_permissive() {
     );
     std::thread::sleep(Duration::from_millis(1000));
     let (code, body) = c.curl_in(&n1, &format!("http://{web2}:8080/plain"), &[]);
-    assert_eq!(code, "200", "PERMISSIVE must accept plaintext: {body}\n{}", c.log_of("proxy-2"));
+    assert_eq!(
+        code,
+        "200",
+        "PERMISSIVE must accept plaintext: {body}\n{}",
+        c.log_of("proxy-2")
+    );
     std::thread::sleep(Duration::from_millis(300));
-    assert!(c.access_log(2).iter().any(|r| r["direction"] == "inbound-plaintext" && r["decision"] == "allow" && r["src_identity"].is_null()));
+    assert!(c
+        .access_log(2)
+        .iter()
+        .any(|r| r["direction"] == "inbound-plaintext"
+            && r["decision"] == "allow"
+            && r["src_identity"].is_null()));
 }
 
 #[test]
@@ -129,12 +186,32 @@ fn a_server_with_another_identity_is_refused_by_the_client_proxy() {
     // node-2's HBONE port is taken by an impostor: a TLS server holding a perfectly valid
     // certificate from the same CA, but for shop/db, not shop/web.
     let ward = ward_tests::binary("ward");
-    must(Command::new(&ward).args(["ca", "issue", "--spiffe-id", "spiffe://cluster.local/ns/shop/sa/db", "--ca"]).arg(c.path("ca")).arg("--out").arg(c.path("impostor")));
+    must(
+        Command::new(&ward)
+            .args([
+                "ca",
+                "issue",
+                "--spiffe-id",
+                "spiffe://cluster.local/ns/shop/sa/db",
+                "--ca",
+            ])
+            .arg(c.path("ca"))
+            .arg("--out")
+            .arg(c.path("impostor")),
+    );
     let n2 = c.ns("n2");
     let openssl = std::path::PathBuf::from("openssl");
     let cert = c.path("impostor/chain.pem").display().to_string();
     let key = c.path("impostor/key.pem").display().to_string();
-    c.spawn("impostor", &n2, &openssl, &["s_server", "-accept", "15008", "-tls1_3", "-cert", &cert, "-key", &key, "-alpn", "h2", "-quiet"]);
+    c.spawn(
+        "impostor",
+        &n2,
+        &openssl,
+        &[
+            "s_server", "-accept", "15008", "-tls1_3", "-cert", &cert, "-key", &key, "-alpn", "h2",
+            "-quiet",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(500));
     let web2 = c.pod("web-2").ip.clone();
     let (code, _) = c.curl("client-1", &format!("http://{web2}:8080/x"), &[]);
@@ -147,7 +224,8 @@ fn a_server_with_another_identity_is_refused_by_the_client_proxy() {
         .unwrap_or_else(|| panic!("{:?}", c.access_log(1)));
     let reason = refused["reason"].as_str().unwrap_or_default();
     assert!(
-        reason.contains("spiffe://cluster.local/ns/shop/sa/db") && reason.contains("expected spiffe://cluster.local/ns/shop/sa/web"),
+        reason.contains("spiffe://cluster.local/ns/shop/sa/db")
+            && reason.contains("expected spiffe://cluster.local/ns/shop/sa/web"),
         "{reason}"
     );
     let _ = (run, in_ns);

@@ -14,7 +14,10 @@ fn envoy() -> PathBuf {
     if let Ok(p) = std::env::var("WARD_ENVOY") {
         return PathBuf::from(p);
     }
-    let o = run(Command::new("python3").args(["-c", "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))"]));
+    let o = run(Command::new("python3").args([
+        "-c",
+        "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+    ]));
     let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
     assert!(
         o.status.success() && p.exists(),
@@ -33,8 +36,13 @@ fn tls(cert_dir: &str, c: &Cluster) -> String {
 
 fn wait_listening(ns: &str, port: u16) {
     let start = Instant::now();
-    while !String::from_utf8_lossy(&run(in_ns(ns, "ss").args(["-ltn"])).stdout).contains(&format!(":{port} ")) {
-        assert!(start.elapsed() < Duration::from_secs(20), "Envoy did not listen on {port} in {ns}");
+    while !String::from_utf8_lossy(&run(in_ns(ns, "ss").args(["-ltn"])).stdout)
+        .contains(&format!(":{port} "))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "Envoy did not listen on {port} in {ns}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -48,7 +56,19 @@ fn envoy_as_hbone_client_reaches_a_pod_behind_ward() {
     c.write_mesh("");
     c.serve_http("web-2");
     c.start_proxy(2, &[]);
-    must(Command::new(binary("ward")).args(["ca", "issue", "--spiffe-id", "spiffe://cluster.local/ns/shop/sa/envoy", "--ca"]).arg(c.path("ca")).arg("--out").arg(c.path("envoy-cert")));
+    must(
+        Command::new(binary("ward"))
+            .args([
+                "ca",
+                "issue",
+                "--spiffe-id",
+                "spiffe://cluster.local/ns/shop/sa/envoy",
+                "--ca",
+            ])
+            .arg(c.path("ca"))
+            .arg("--out")
+            .arg(c.path("envoy-cert")),
+    );
     let web2 = c.pod("web-2").ip.clone();
     let cfg = format!(
         r#"static_resources:
@@ -91,14 +111,35 @@ fn envoy_as_hbone_client_reaches_a_pod_behind_ward() {
     std::fs::write(c.path("envoy-client.yaml"), cfg).unwrap();
     let ctl = c.ns("ctl");
     let config = c.path("envoy-client.yaml").display().to_string();
-    c.spawn("envoy-client", &ctl, &envoy, &["-c", &config, "--disable-hot-restart", "-l", "warn", "--base-id", "11"]);
+    c.spawn(
+        "envoy-client",
+        &ctl,
+        &envoy,
+        &[
+            "-c",
+            &config,
+            "--disable-hot-restart",
+            "-l",
+            "warn",
+            "--base-id",
+            "11",
+        ],
+    );
     wait_listening(&ctl, 18000);
     let (code, body) = c.curl_in(&ctl, "http://127.0.0.1:18000/via-envoy", &[]);
-    assert_eq!(code, "200", "{body}\nenvoy:\n{}\nproxy:\n{}", c.log_of("envoy-client"), c.log_of("proxy-2"));
+    assert_eq!(
+        code,
+        "200",
+        "{body}\nenvoy:\n{}\nproxy:\n{}",
+        c.log_of("envoy-client"),
+        c.log_of("proxy-2")
+    );
     assert_eq!(body.trim(), "web-2 GET /via-envoy 0");
     std::thread::sleep(Duration::from_millis(300));
     assert!(
-        c.access_log(2).iter().any(|r| r["src_identity"] == "spiffe://cluster.local/ns/shop/sa/envoy" && r["decision"] == "allow"),
+        c.access_log(2).iter().any(|r| r["src_identity"]
+            == "spiffe://cluster.local/ns/shop/sa/envoy"
+            && r["decision"] == "allow"),
         "{:?}",
         c.access_log(2)
     );
@@ -114,7 +155,19 @@ fn ward_reaches_a_server_behind_an_envoy_hbone_listener() {
     c.serve_http("web-2");
     c.start_proxy(1, &[]);
     // node-2 runs Envoy instead of ward-proxy, holding web-2's identity.
-    must(Command::new(binary("ward")).args(["ca", "issue", "--spiffe-id", "spiffe://cluster.local/ns/shop/sa/web", "--ca"]).arg(c.path("ca")).arg("--out").arg(c.path("envoy-web")));
+    must(
+        Command::new(binary("ward"))
+            .args([
+                "ca",
+                "issue",
+                "--spiffe-id",
+                "spiffe://cluster.local/ns/shop/sa/web",
+                "--ca",
+            ])
+            .arg(c.path("ca"))
+            .arg("--out")
+            .arg(c.path("envoy-web")),
+    );
     let web2 = c.pod("web-2").ip.clone();
     let cfg = format!(
         r#"static_resources:
@@ -162,9 +215,28 @@ fn ward_reaches_a_server_behind_an_envoy_hbone_listener() {
     std::fs::write(c.path("envoy-server.yaml"), cfg).unwrap();
     let n2 = c.ns("n2");
     let config = c.path("envoy-server.yaml").display().to_string();
-    c.spawn("envoy-server", &n2, &envoy, &["-c", &config, "--disable-hot-restart", "-l", "warn", "--base-id", "12"]);
+    c.spawn(
+        "envoy-server",
+        &n2,
+        &envoy,
+        &[
+            "-c",
+            &config,
+            "--disable-hot-restart",
+            "-l",
+            "warn",
+            "--base-id",
+            "12",
+        ],
+    );
     wait_listening(&n2, 15008);
     let (code, body) = c.curl("client-1", &format!("http://{web2}:8080/to-envoy"), &[]);
-    assert_eq!(code, "200", "{body}\nenvoy:\n{}\nproxy:\n{}", c.log_of("envoy-server"), c.log_of("proxy-1"));
+    assert_eq!(
+        code,
+        "200",
+        "{body}\nenvoy:\n{}\nproxy:\n{}",
+        c.log_of("envoy-server"),
+        c.log_of("proxy-1")
+    );
     assert_eq!(body.trim(), "web-2 GET /to-envoy 0");
 }

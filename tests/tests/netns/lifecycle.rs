@@ -31,14 +31,24 @@ fn rules_are_removed_and_a_restart_works() {
     let during = must(in_ns(&c.ns("n1"), "nft").args(["list", "table", "ip", "ward"]));
     assert!(during.contains("redirect to :15001"), "{during}");
     let web2 = c.pod("web-2").ip.clone();
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0, "200");
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
     assert!(c.stop_proxy(1).success());
     assert!(c.stop_proxy(2).success());
-    assert_eq!(rulesets(&c), before, "rules left behind after the proxies stopped");
+    assert_eq!(
+        rulesets(&c),
+        before,
+        "rules left behind after the proxies stopped"
+    );
     // A second start works.
     c.start_proxy(1, &[]);
     c.start_proxy(2, &[]);
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0, "200");
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
     let _ = Command::new("true").status();
 }
 
@@ -54,8 +64,16 @@ fn invalid_configuration_update_keeps_the_last_good_one() {
     let web2 = c.pod("web-2").ip.clone();
     c.write_policy("broken.yaml", "apiVersion: security.ward.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: b, namespace: shop}\nspec: {action: DENY}\n");
     std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0, "200");
-    assert!(c.log_of("proxy-2").contains("a DENY policy needs at least one rule"), "{}", c.log_of("proxy-2"));
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
+    assert!(
+        c.log_of("proxy-2")
+            .contains("a DENY policy needs at least one rule"),
+        "{}",
+        c.log_of("proxy-2")
+    );
     let dump = c.admin(2, "/config_dump");
     assert_eq!(dump["ready"], true);
 }

@@ -14,9 +14,33 @@ use ward_tests::PodSpec;
 /// The standard 2 nodes × 2 pods: a client and a web server on each node.
 pub fn two_by_two() -> Vec<PodSpec> {
     vec![
-        PodSpec { name: "client-1", node: 1, namespace: "shop", service_account: "client", labels: &[("app", "client")] },
-        PodSpec { name: "web-1", node: 1, namespace: "shop", service_account: "web", labels: &[("app", "web")] },
-        PodSpec { name: "client-2", node: 2, namespace: "other", service_account: "tool", labels: &[("app", "tool")] },
-        PodSpec { name: "web-2", node: 2, namespace: "shop", service_account: "web", labels: &[("app", "web")] },
+        PodSpec {
+            name: "client-1",
+            node: 1,
+            namespace: "shop",
+            service_account: "client",
+            labels: &[("app", "client")],
+        },
+        PodSpec {
+            name: "web-1",
+            node: 1,
+            namespace: "shop",
+            service_account: "web",
+            labels: &[("app", "web")],
+        },
+        PodSpec {
+            name: "client-2",
+            node: 2,
+            namespace: "other",
+            service_account: "tool",
+            labels: &[("app", "tool")],
+        },
+        PodSpec {
+            name: "web-2",
+            node: 2,
+            namespace: "shop",
+            service_account: "web",
+            labels: &[("app", "web")],
+        },
     ]
 }

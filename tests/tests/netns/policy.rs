@@ -18,12 +18,20 @@ fn policy_changes_apply_to_new_and_live_connections() {
     // A long-lived echo server on web-2 (socat) and the HTTP server.
     let web2_ns = c.pod("web-2").netns.clone();
     let socat = std::path::PathBuf::from("socat");
-    c.spawn("echo", &web2_ns, &socat, &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]);
+    c.spawn(
+        "echo",
+        &web2_ns,
+        &socat,
+        &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
+    );
     c.serve_http("web-2");
     c.start_proxy(1, &[]);
     c.start_proxy(2, &[]);
     let web2 = c.pod("web-2").ip.clone();
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0, "200");
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
 
     // A live connection from client-1 to the echo server.
     let mut live = in_ns(&c.pod("client-1").netns, "socat")
@@ -38,7 +46,10 @@ fn policy_changes_apply_to_new_and_live_connections() {
     stdin.write_all(b"ping\n").unwrap();
     let mut buf = [0u8; 5];
     stdout.read_exact(&mut buf).unwrap();
-    assert_eq!(&buf, b"ping\n", "the live connection works before the change");
+    assert_eq!(
+        &buf, b"ping\n",
+        "the live connection works before the change"
+    );
 
     // Deny shop/client → shop/web.
     let changed = Instant::now();
@@ -50,14 +61,20 @@ fn policy_changes_apply_to_new_and_live_connections() {
     let mut rest = Vec::new();
     let _ = stdout.read_to_end(&mut rest);
     let closed_after = changed.elapsed();
-    assert!(closed_after < Duration::from_millis(1500), "live connection closed after {closed_after:?}");
+    assert!(
+        closed_after < Duration::from_millis(1500),
+        "live connection closed after {closed_after:?}"
+    );
     let _ = live.kill();
     let _ = live.wait();
     // New connections are refused.
     let (code, _) = c.curl("client-1", &format!("http://{web2}:8080/"), &[]);
     assert_eq!(code, "000");
     // Another client (other/tool on node-2) is still allowed.
-    assert_eq!(c.curl("client-2", &format!("http://{web2}:8080/"), &[]).0, "200");
+    assert_eq!(
+        c.curl("client-2", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
 
     // Remove the DENY; switch to an ALLOW that only admits namespace other.
     c.remove_policy("deny.yaml");
@@ -66,9 +83,19 @@ fn policy_changes_apply_to_new_and_live_connections() {
         "apiVersion: security.ward.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: allow-other, namespace: shop}\nspec:\n  rules: [{from: [{source: {namespaces: [other]}}]}]\n",
     );
     std::thread::sleep(Duration::from_millis(1000));
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0, "000");
-    assert_eq!(c.curl("client-2", &format!("http://{web2}:8080/"), &[]).0, "200");
-    let denied = c.access_log(2).into_iter().filter(|r| r["decision"] == "deny" && r["policy"] == "shop/deny-client").count();
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
+        "000"
+    );
+    assert_eq!(
+        c.curl("client-2", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
+    let denied = c
+        .access_log(2)
+        .into_iter()
+        .filter(|r| r["decision"] == "deny" && r["policy"] == "shop/deny-client")
+        .count();
     assert!(denied >= 1, "{:?}", c.access_log(2));
     let _ = Command::new("true").status();
 }

@@ -13,7 +13,12 @@ use crate::two_by_two;
 fn renewals(c: &Cluster, node: usize) -> u64 {
     c.admin(node, "/certs")
         .as_array()
-        .map(|a| a.iter().map(|x| x["renewals"].as_u64().unwrap_or(0)).min().unwrap_or(0))
+        .map(|a| {
+            a.iter()
+                .map(|x| x["renewals"].as_u64().unwrap_or(0))
+                .min()
+                .unwrap_or(0)
+        })
         .unwrap_or(0)
 }
 
@@ -24,7 +29,12 @@ fn rotation_and_ca_outage() {
     c.start_ca();
     c.write_mesh("");
     let web2_ns = c.pod("web-2").netns.clone();
-    c.spawn("echo", &web2_ns, std::path::Path::new("socat"), &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"]);
+    c.spawn(
+        "echo",
+        &web2_ns,
+        std::path::Path::new("socat"),
+        &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
+    );
     c.serve_http("web-2");
     c.start_proxy(1, &["--cert-ttl", "60s"]);
     c.start_proxy(2, &["--cert-ttl", "60s"]);
@@ -51,11 +61,22 @@ fn rotation_and_ca_outage() {
     while renewals(&c, 1) < 2 || renewals(&c, 2) < 2 {
         ping(n);
         n += 1;
-        assert!(start.elapsed() < Duration::from_secs(150), "certificates were not renewed twice in 150 s");
+        assert!(
+            start.elapsed() < Duration::from_secs(150),
+            "certificates were not renewed twice in 150 s"
+        );
         std::thread::sleep(Duration::from_secs(2));
     }
     ping(n);
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/after-rotation"), &[]).0, "200");
+    assert_eq!(
+        c.curl(
+            "client-1",
+            &format!("http://{web2}:8080/after-rotation"),
+            &[]
+        )
+        .0,
+        "200"
+    );
 
     // CA down: renewals fail and are retried, traffic continues on the current certificate.
     c.stop("ca");
@@ -65,14 +86,26 @@ fn rotation_and_ca_outage() {
     while down.elapsed() < Duration::from_secs(50) {
         ping(n);
         n += 1;
-        retried = c.log_of("proxy-1").matches("certificate request failed").count() >= 2;
+        retried = c
+            .log_of("proxy-1")
+            .matches("certificate request failed")
+            .count()
+            >= 2;
         if retried {
             break;
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-    assert!(retried, "no retried renewal while the CA was down:\n{}", c.log_of("proxy-1"));
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/ca-down"), &[]).0, "200");
+    assert!(
+        retried,
+        "no retried renewal while the CA was down:\n{}",
+        c.log_of("proxy-1")
+    );
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/ca-down"), &[])
+            .0,
+        "200"
+    );
     assert_eq!(renewals(&c, 1), before);
     // CA back: renewal recovers.
     c.serve_ca();
@@ -80,11 +113,18 @@ fn rotation_and_ca_outage() {
     while renewals(&c, 1) <= before {
         ping(n);
         n += 1;
-        assert!(back.elapsed() < Duration::from_secs(60), "renewal did not recover after the CA returned");
+        assert!(
+            back.elapsed() < Duration::from_secs(60),
+            "renewal did not recover after the CA returned"
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     ping(n);
-    assert_eq!(c.curl("client-1", &format!("http://{web2}:8080/recovered"), &[]).0, "200");
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/recovered"), &[])
+            .0,
+        "200"
+    );
     let _ = live.kill();
     let _ = live.wait();
 }
