@@ -151,6 +151,14 @@ async fn connect_stream(
         ctx.log.log(rec);
         status(code)
     };
+    if ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
+        return refuse(
+            &ctx,
+            rec,
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "proxy is draining".into(),
+        );
+    }
     if req.method() != http::Method::CONNECT {
         return refuse(
             &ctx,

@@ -60,6 +60,8 @@ pub struct Ctx {
     pub log: accesslog::AccessLog,
     /// Relays in progress (drain waits for zero).
     pub active: AtomicUsize,
+    /// Set on SIGTERM: no new connections or tunnel streams are accepted.
+    pub draining: std::sync::atomic::AtomicBool,
     /// Set at the end of the drain: every relay closes.
     pub hard_stop: watch::Sender<bool>,
 }
@@ -67,6 +69,12 @@ pub struct Ctx {
 /// Runs the proxy until SIGTERM/SIGINT, then drains and cleans up.
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(config = ?cfg, "ward-proxy starting");
+    // Every proxied connection holds two sockets; the default soft limit (often 1024) would cap
+    // a node at a few hundred connections.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(nofile = n, "file-descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the file-descriptor limit"),
+    }
     let state = state::State::new(cfg.node.clone());
     tokio::spawn(
         state
@@ -91,6 +99,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         conns: Arc::new(conns::Registry::default()),
         log: accesslog::AccessLog::start(),
         active: AtomicUsize::new(0),
+        draining: std::sync::atomic::AtomicBool::new(false),
         hard_stop: watch::channel(false).0,
     });
 
@@ -120,6 +129,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     wait_for_signal().await;
     tracing::info!(drain_timeout = ?cfg.drain_timeout, live = ctx.active.load(Ordering::Relaxed), "stopping: no new connections; draining");
+    ctx.draining.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + cfg.drain_timeout;
     while ctx.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {

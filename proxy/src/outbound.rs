@@ -99,7 +99,7 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
             )
             .await
             {
-                Ok(up) => {
+                Ok((up, _slot)) => {
                     rec.decision = "allow";
                     rec.reason = format!("tunnel via {}", w.hbone);
                     let out = relay::splice(&ctx, tcp, TokioIo::new(up), None).await;

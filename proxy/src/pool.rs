@@ -1,5 +1,7 @@
-//! Outbound HBONE: pooled HTTP/2 connections over mTLS, one per (source identity, destination
-//! identity, destination proxy), each carrying many CONNECT streams.
+//! Outbound HBONE: pooled HTTP/2 connections over mTLS per (source identity, destination
+//! identity, destination proxy), each carrying up to [`MAX_STREAMS`] CONNECT streams; when all
+//! of a key's connections are full, another is dialled (so long-lived tunnels never queue
+//! behind a peer's stream limit).
 //!
 //! A pooled connection is reused while it is open; a closed one is replaced on the next use.
 //! Connections unused for [`IDLE`] are dropped from the pool (live streams finish on their
@@ -7,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +28,9 @@ use crate::tls;
 
 /// Pooled connections unused this long are dropped.
 pub const IDLE: Duration = Duration::from_secs(60);
+/// Concurrent streams per pooled connection (the server allows more; this keeps head-of-line
+/// blocking and per-connection flow control in check).
+pub const MAX_STREAMS: usize = 100;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a tunnel could not be opened.
@@ -51,13 +57,23 @@ type Key = (SpiffeId, SpiffeId, SocketAddr);
 
 struct Pooled {
     sender: http2::SendRequest<Empty<Bytes>>,
+    streams: Arc<AtomicUsize>,
     last_used: Instant,
+}
+
+/// Holds a stream slot of a pooled connection; released on drop (when the tunnel ends).
+pub struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Pool {
     state: Arc<State>,
     certs: Arc<CertManager>,
-    conns: Mutex<HashMap<Key, Pooled>>,
+    conns: Mutex<HashMap<Key, Vec<Pooled>>>,
 }
 
 impl Pool {
@@ -69,7 +85,8 @@ impl Pool {
         })
     }
 
-    /// Opens a CONNECT stream to `target` through `proxy`, as `src`, requiring `dst`.
+    /// Opens a CONNECT stream to `target` through `proxy`, as `src`, requiring `dst`. Keep the
+    /// returned slot alive as long as the stream.
     pub async fn tunnel(
         &self,
         src: &SpiffeId,
@@ -77,9 +94,9 @@ impl Pool {
         proxy: SocketAddr,
         target: SocketAddr,
         client_ip: IpAddr,
-    ) -> Result<Upgraded, TunnelError> {
+    ) -> Result<(Upgraded, StreamSlot), TunnelError> {
         let key = (src.clone(), dst.clone(), proxy);
-        let mut sender = match self.checkout(&key) {
+        let (mut sender, slot) = match self.checkout(&key) {
             Some(s) => s,
             None => self.dial(&key).await?,
         };
@@ -96,23 +113,29 @@ impl Pool {
         if resp.status() != http::StatusCode::OK {
             return Err(TunnelError::Refused(proxy, resp.status()));
         }
-        hyper::upgrade::on(resp)
+        let up = hyper::upgrade::on(resp)
             .await
-            .map_err(|e| TunnelError::Http(proxy, e))
+            .map_err(|e| TunnelError::Http(proxy, e))?;
+        Ok((up, slot))
     }
 
-    fn checkout(&self, key: &Key) -> Option<http2::SendRequest<Empty<Bytes>>> {
+    /// A pooled connection of `key` with a free stream slot, if any.
+    fn checkout(&self, key: &Key) -> Option<(http2::SendRequest<Empty<Bytes>>, StreamSlot)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = conns.get_mut(key)?;
-        if entry.sender.is_closed() || !entry.sender.is_ready() {
-            conns.remove(key);
-            return None;
-        }
-        entry.last_used = Instant::now();
-        Some(entry.sender.clone())
+        let list = conns.get_mut(key)?;
+        list.retain(|c| !c.sender.is_closed());
+        let c = list
+            .iter_mut()
+            .find(|c| c.sender.is_ready() && c.streams.load(Ordering::Relaxed) < MAX_STREAMS)?;
+        c.last_used = Instant::now();
+        c.streams.fetch_add(1, Ordering::Relaxed);
+        Some((c.sender.clone(), StreamSlot(c.streams.clone())))
     }
 
-    async fn dial(&self, key: &Key) -> Result<http2::SendRequest<Empty<Bytes>>, TunnelError> {
+    async fn dial(
+        &self,
+        key: &Key,
+    ) -> Result<(http2::SendRequest<Empty<Bytes>>, StreamSlot), TunnelError> {
         let (src, dst, proxy) = key;
         let cert = self
             .certs
@@ -158,27 +181,43 @@ impl Pool {
                 tracing::debug!(%peer, error = %e, "HBONE connection ended");
             }
         });
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).insert(
-            key.clone(),
-            Pooled {
-                sender: sender.clone(),
-                last_used: Instant::now(),
-            },
-        );
-        Ok(sender)
-    }
-
-    /// Drops idle pooled connections; run it periodically.
-    pub fn sweep(&self) {
-        let now = Instant::now();
+        let streams = Arc::new(AtomicUsize::new(1));
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, c| !c.sender.is_closed() && now.duration_since(c.last_used) < IDLE);
+            .entry(key.clone())
+            .or_default()
+            .push(Pooled {
+                sender: sender.clone(),
+                streams: streams.clone(),
+                last_used: Instant::now(),
+            });
+        Ok((sender, StreamSlot(streams)))
     }
 
+    /// Drops closed pooled connections, and idle ones (no stream for [`IDLE`]); run it
+    /// periodically.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        for list in conns.values_mut() {
+            list.retain(|c| {
+                !c.sender.is_closed()
+                    && (c.streams.load(Ordering::Relaxed) > 0
+                        || now.duration_since(c.last_used) < IDLE)
+            });
+        }
+        conns.retain(|_, l| !l.is_empty());
+    }
+
+    /// Pooled connections, all keys together.
     pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(Vec::len)
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {

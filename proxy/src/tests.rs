@@ -31,6 +31,7 @@ async fn ctx() -> Arc<Ctx> {
         conns: Arc::new(conns::Registry::default()),
         log: accesslog::AccessLog::start(),
         active: AtomicUsize::new(0),
+        draining: std::sync::atomic::AtomicBool::new(false),
         hard_stop: watch::channel(false).0,
     })
 }

@@ -454,7 +454,15 @@ impl Cluster {
         }
     }
 
-    /// Sends SIGTERM to the proxy of node `i` and waits for it to exit.
+    /// The PID of node `i`'s proxy (`ip netns exec` execs it, so it is the proxy itself).
+    pub fn proxy_pid(&self, i: usize) -> u32 {
+        self.proxies[i - 1]
+            .as_ref()
+            .map(Child::id)
+            .unwrap_or_else(|| panic!("proxy {i} is not running"))
+    }
+
+    /// Sends SIGTERM to the proxy of node `i` (if still running) and waits for it to exit.
     pub fn stop_proxy(&mut self, i: usize) -> std::process::ExitStatus {
         let mut child = self.proxies[i - 1]
             .take()
