@@ -54,6 +54,8 @@ pub struct Cluster {
     children: Vec<(String, Child)>,
     proxies: Vec<Option<Child>>,
     host_link: Option<String>,
+    /// Run release builds of ward's binaries (benchmarks).
+    pub release: bool,
 }
 
 /// Runs a command, returning its output (never panics on a non-zero exit).
@@ -106,26 +108,32 @@ pub fn require_privileges() {
     }
 }
 
-/// The workspace's target directory and the binaries built from it.
+/// A debug build of a workspace binary (what tests use).
 pub fn binary(name: &str) -> PathBuf {
+    built(name, false)
+}
+
+/// A workspace binary from the debug or the release profile, built if needed (a no-op when up
+/// to date; it makes `cargo test -p ward-tests` and the benchmarks self-sufficient).
+pub fn built(name: &str, release: bool) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .unwrap_or(Path::new("."))
         .to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    // Building is a no-op when up to date; it makes `cargo test -p ward-tests` self-sufficient.
-    must(Command::new(cargo).current_dir(&root).args([
-        "build",
-        "--quiet",
-        "-p",
-        "ward-proxy",
-        "-p",
-        "ward-cli",
-    ]));
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(&root)
+        .args(["build", "--quiet", "-p", "ward-proxy", "-p", "ward-cli"]);
+    if release {
+        cmd.arg("--release");
+    }
+    must(&mut cmd);
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|_| root.join("target"));
-    target.join("debug").join(name)
+    target
+        .join(if release { "release" } else { "debug" })
+        .join(name)
 }
 
 impl Cluster {
@@ -143,6 +151,7 @@ impl Cluster {
             children: Vec::new(),
             proxies: (0..nodes).map(|_| None).collect(),
             host_link: None,
+            release: false,
         };
         let net = c.add_ns("net");
         must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
@@ -271,7 +280,7 @@ impl Cluster {
 
     /// Creates a CA, the trust bundle and node tokens, and starts `ward ca serve` in `<p>-ctl`.
     pub fn start_ca(&mut self) {
-        let ward = binary("ward");
+        let ward = built("ward", self.release);
         must(
             Command::new(&ward)
                 .args(["ca", "init", "--trust-domain", "cluster.local", "--out"])
@@ -314,7 +323,7 @@ impl Cluster {
 
     /// (Re)starts `ward ca serve` on the existing CA directory.
     pub fn serve_ca(&mut self) {
-        let ward = binary("ward");
+        let ward = built("ward", self.release);
         let ctl = self.ns("ctl");
         let ca_dir = self.path("ca").display().to_string();
         let nodes_file = self.path("nodes.yaml").display().to_string();
@@ -394,7 +403,7 @@ impl Cluster {
 
     /// Starts the proxy of node `i` and waits until it is ready.
     pub fn start_proxy(&mut self, i: usize, extra_args: &[&str]) {
-        let proxy = binary("ward-proxy");
+        let proxy = built("ward-proxy", self.release);
         let log = std::fs::File::create(self.path(&format!("proxy-{i}.log")))
             .unwrap_or_else(|e| panic!("{e}"));
         let access = std::fs::OpenOptions::new()
@@ -460,6 +469,18 @@ impl Cluster {
             .as_ref()
             .map(Child::id)
             .unwrap_or_else(|| panic!("proxy {i} is not running"))
+    }
+
+    /// Resident memory of node `i`'s proxy, in KiB (VmRSS).
+    pub fn proxy_rss_kib(&self, i: usize) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.proxy_pid(i)))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     /// Sends SIGTERM to the proxy of node `i` (if still running) and waits for it to exit.
