@@ -19,6 +19,9 @@ pub struct LiveConn {
     pub peer: Option<PeerIdentity>,
     pub source_ip: IpAddr,
     pub target: SocketAddr,
+    /// HTTP-aware: every request is authorized on its own, so a policy change applies to the
+    /// next request instead of closing the connection.
+    pub l7: bool,
     pub opened_unix: i64,
     cancel: Mutex<Option<oneshot::Sender<&'static str>>>,
 }
@@ -60,6 +63,7 @@ impl Registry {
         peer: Option<PeerIdentity>,
         source_ip: IpAddr,
         target: SocketAddr,
+        l7: bool,
     ) -> (Registration, oneshot::Receiver<&'static str>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -68,6 +72,7 @@ impl Registry {
             peer,
             source_ip,
             target,
+            l7,
             opened_unix: jiff::Timestamp::now().as_second(),
             cancel: Mutex::new(Some(tx)),
         });
@@ -117,6 +122,9 @@ impl Registry {
             if c.peer.is_none() && w.mtls == MtlsMode::Strict {
                 c.cancel("plaintext no longer permitted (STRICT)");
                 closed += 1;
+                continue;
+            }
+            if c.l7 {
                 continue;
             }
             let attrs = Attributes {

@@ -211,6 +211,31 @@ async fn connect_stream(
     }
     let source_ip = forwarded_for(&req, &snap, client_id).unwrap_or(peer_addr.ip());
     rec.src = source_ip.to_string();
+    if w.is_http_port(target.port()) {
+        // HTTP port: every request is authorized (and forwarded) by the L7 layer.
+        rec.decision = "allow";
+        rec.reason = "HTTP port: requests authorized individually".into();
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let (registration, _cancel) =
+            ctx.conns
+                .register(Some(peer.clone()), source_ip, target, true);
+        let caller = crate::l7::Caller {
+            peer: Some(peer.clone()),
+            source_ip,
+            target,
+            workload: w.clone(),
+        };
+        let ctx2 = ctx.clone();
+        tokio::spawn(async move {
+            let _registration = registration;
+            if let Ok(up) = on_upgrade.await {
+                crate::l7::serve(ctx2.clone(), TokioIo::new(up), caller).await;
+            }
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            ctx2.log.log(rec);
+        });
+        return status(http::StatusCode::OK);
+    }
     let attrs = Attributes {
         peer: Some(peer),
         source_ip,
@@ -241,7 +266,9 @@ async fn connect_stream(
     };
     rec.decision = "allow";
     let on_upgrade = hyper::upgrade::on(&mut req);
-    let (registration, cancel) = ctx.conns.register(Some(peer.clone()), source_ip, target);
+    let (registration, cancel) = ctx
+        .conns
+        .register(Some(peer.clone()), source_ip, target, false);
     let ctx2 = ctx.clone();
     tokio::spawn(async move {
         let _registration = registration;
@@ -343,6 +370,21 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
         ctx.log.log(rec);
         return;
     }
+    if w.is_http_port(target.port()) {
+        rec.decision = "allow";
+        rec.reason = "HTTP port: requests authorized individually".into();
+        let (_registration, _cancel) = ctx.conns.register(None, peer.ip(), target, true);
+        let caller = crate::l7::Caller {
+            peer: None,
+            source_ip: peer.ip(),
+            target,
+            workload: w.clone(),
+        };
+        crate::l7::serve(ctx.clone(), tcp, caller).await;
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        ctx.log.log(rec);
+        return;
+    }
     let attrs = Attributes {
         peer: None,
         source_ip: peer.ip(),
@@ -369,7 +411,7 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
         }
     };
     rec.decision = "allow";
-    let (_registration, cancel) = ctx.conns.register(None, peer.ip(), target);
+    let (_registration, cancel) = ctx.conns.register(None, peer.ip(), target, false);
     let out = relay::splice(&ctx, tcp, upstream, Some(cancel)).await;
     rec.bytes_received = out.a_to_b;
     rec.bytes_sent = out.b_to_a;

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod certs;
 pub mod conns;
 pub mod inbound;
+pub mod l7;
 pub mod outbound;
 pub mod pool;
 pub mod redirect;
@@ -49,6 +50,8 @@ pub struct Config {
     pub admin: SocketAddr,
     pub readiness: SocketAddr,
     pub drain_timeout: Duration,
+    /// Let paths with `%2F`, `%5C`, `\` or `;` through L7 ports instead of answering 400.
+    pub allow_ambiguous_paths: bool,
 }
 
 /// What every connection task shares.
@@ -60,6 +63,8 @@ pub struct Ctx {
     pub log: accesslog::AccessLog,
     /// Relays in progress (drain waits for zero).
     pub active: AtomicUsize,
+    /// HTTP-aware authorization state (upstream pools, counters).
+    pub l7: l7::L7,
     /// Set on SIGTERM: no new connections or tunnel streams are accepted.
     pub draining: std::sync::atomic::AtomicBool,
     /// Set at the end of the drain: every relay closes.
@@ -100,6 +105,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         log: accesslog::AccessLog::start(),
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
+        l7: l7::L7::new(cfg.allow_ambiguous_paths),
         hard_stop: watch::channel(false).0,
     });
 

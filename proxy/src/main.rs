@@ -51,6 +51,10 @@ struct Args {
     /// How long SIGTERM waits for live connections before closing them.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
+    /// On HTTP ports, let paths whose meaning differs between servers (encoded `/` or `\`,
+    /// `;` parameters) through instead of answering 400.
+    #[arg(long)]
+    allow_ambiguous_paths: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         admin: args.admin,
         readiness: args.readiness,
         drain_timeout: args.drain_timeout,
+        allow_ambiguous_paths: args.allow_ambiguous_paths,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

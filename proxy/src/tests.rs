@@ -32,6 +32,7 @@ async fn ctx() -> Arc<Ctx> {
         log: accesslog::AccessLog::start(),
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
+        l7: crate::l7::L7::default(),
         hard_stop: watch::channel(false).0,
     })
 }

@@ -56,6 +56,8 @@ pub struct Cluster {
     host_link: Option<String>,
     /// Run release builds of ward's binaries (benchmarks).
     pub release: bool,
+    /// Protocol declared for port 8080 of every pod (`tcp`, `http`, …).
+    pub web_protocol: &'static str,
 }
 
 /// Runs a command, returning its output (never panics on a non-zero exit).
@@ -152,6 +154,7 @@ impl Cluster {
             proxies: (0..nodes).map(|_| None).collect(),
             host_link: None,
             release: false,
+            web_protocol: "tcp",
         };
         let net = c.add_ns("net");
         must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
@@ -375,8 +378,8 @@ impl Cluster {
                 .collect();
             let _ = writeln!(
                 y,
-                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: tcp}}]}}",
-                p.spec.name, p.spec.namespace, p.spec.service_account, p.spec.node, p.ip, labels.join(", ")
+                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: {}}}, {{port: 9000, protocol: tcp}}]}}",
+                p.spec.name, p.spec.namespace, p.spec.service_account, p.spec.node, p.ip, labels.join(", "), self.web_protocol
             );
         }
         y.push_str("services:\n  - {name: web, namespace: shop, vip: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n");
@@ -532,7 +535,13 @@ impl Cluster {
         let ns = self.pod(pod).netns.clone();
         let python = PathBuf::from("python3");
         let script = script.display().to_string();
-        self.spawn(&format!("server-{pod}"), &ns, &python, &[&script, pod]);
+        let seen = self.path(&format!("seen-{pod}.log")).display().to_string();
+        self.spawn(
+            &format!("server-{pod}"),
+            &ns,
+            &python,
+            &[&script, pod, &seen],
+        );
         // Wait until it listens.
         let start = Instant::now();
         while !String::from_utf8_lossy(&run(in_ns(&ns, "ss").args(["-ltn"])).stdout)
@@ -560,6 +569,11 @@ impl Cluster {
         let out = String::from_utf8_lossy(&o.stdout).into_owned();
         let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
         (code.trim().to_owned(), body.to_owned())
+    }
+
+    /// The request lines (`METHOD PATH`) a pod's HTTP server has received.
+    pub fn seen_by(&self, pod: &str) -> String {
+        std::fs::read_to_string(self.path(&format!("seen-{pod}.log"))).unwrap_or_default()
     }
 
     pub fn log_of(&self, label: &str) -> String {
@@ -605,9 +619,11 @@ impl Drop for Cluster {
 const SERVER_PY: &str = r#"
 import http.server, sys
 NAME = sys.argv[1]
+SEEN = open(sys.argv[2], "a", buffering=1)
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def handle_any(self):
+        SEEN.write(f"{self.command} {self.path}\n")
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n) if n else b""
         out = f"{NAME} {self.command} {self.path} {len(body)}\n".encode()

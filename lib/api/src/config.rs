@@ -137,6 +137,18 @@ pub fn is_http(name: Option<&str>, protocol: Option<&str>, app_protocol: Option<
         })
 }
 
+/// Whether an HTTP port's server speaks HTTP/2: `http2` or `grpc` (protocol or appProtocol),
+/// or a name prefixed `http2-` / `grpc-`.
+pub fn is_h2(name: Option<&str>, protocol: Option<&str>, app_protocol: Option<&str>) -> bool {
+    let proto = |p: &str| matches!(p.to_ascii_lowercase().as_str(), "http2" | "grpc");
+    app_protocol.is_some_and(proto)
+        || protocol.is_some_and(proto)
+        || name.is_some_and(|n| {
+            let n = n.to_ascii_lowercase();
+            n.starts_with("http2-") || n.starts_with("grpc-")
+        })
+}
+
 /// One workload, resolved.
 #[derive(Debug)]
 pub struct Workload {
@@ -149,6 +161,8 @@ pub struct Workload {
     pub labels: BTreeMap<String, String>,
     /// Ports declared HTTP.
     pub http_ports: Vec<u16>,
+    /// The HTTP ports whose server speaks HTTP/2 (`http2`, `grpc`): forwarded as HTTP/2.
+    pub h2_ports: Vec<u16>,
     /// The node proxy's HBONE address.
     pub hbone: SocketAddr,
     /// Policies applying to this workload (computed once per snapshot).
@@ -307,6 +321,18 @@ impl Snapshot {
                 })
                 .map(|p| p.port)
                 .collect();
+            let h2_ports = w
+                .ports
+                .iter()
+                .filter(|p| {
+                    is_h2(
+                        p.name.as_deref(),
+                        p.protocol.as_deref(),
+                        p.app_protocol.as_deref(),
+                    )
+                })
+                .map(|p| p.port)
+                .collect();
             let wp = policies.for_workload(&w.namespace, &w.labels);
             let mtls = policies.mtls_mode(&w.namespace, &w.labels);
             by_ip.insert(
@@ -321,6 +347,7 @@ impl Snapshot {
                     ip: w.ip,
                     labels: w.labels,
                     http_ports,
+                    h2_ports,
                     policies: wp,
                     mtls,
                 }),

@@ -5,6 +5,7 @@
 mod datapath;
 mod hostile;
 mod interop;
+mod l7;
 mod lifecycle;
 mod policy;
 mod rotation;

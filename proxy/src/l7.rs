@@ -1,0 +1,372 @@
+//! L7: HTTP-aware authorization for ports declared HTTP.
+//!
+//! Inside an accepted tunnel (or PERMISSIVE plaintext) to an HTTP port, the proxy serves
+//! HTTP/1.1 (keep-alive, pipelining) and HTTP/2 (prior knowledge, gRPC) itself and authorizes
+//! every request with the destination's policies (methods, paths, hosts, headers,
+//! X-Forwarded-For client address, plus everything L4):
+//! - the path is normalized first (`ward_lib_policy::path`); an ambiguous path (`%2F`, `%5C`,
+//!   `\`, `;`) is refused with 400 unless `--allow-ambiguous-paths`;
+//! - a denial is 403 with a short generic body (no policy names leak to the caller); gRPC
+//!   requests get a trailers-only response with `grpc-status: 7` (PERMISSION_DENIED);
+//! - allowed requests go to the workload over a pooled client (per target and HTTP version);
+//!   chunked request bodies are read whole (≤ 4 MiB) before anything is forwarded, so a request
+//!   with broken chunking never reaches the workload; malformed requests get 400 from the HTTP
+//!   parser and close the connection.
+//!
+//! One access-log line per request, and per-status counters for the observability layer.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use ward_lib_api::config::Workload;
+use ward_lib_policy::eval::HttpAttributes;
+use ward_lib_policy::path::{normalize, Ambiguous};
+use ward_lib_policy::{Attributes, PeerIdentity, Protocol};
+
+use crate::accesslog::Record;
+use crate::{socket, Ctx};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+type Upstream = Client<TargetConnector, Body>;
+
+/// Largest chunked request body buffered before forwarding.
+const MAX_BUFFERED_BODY: usize = 4 * 1024 * 1024;
+
+/// Per-status request counters and the upstream pool.
+#[derive(Default)]
+pub struct L7 {
+    pub allow_ambiguous_paths: bool,
+    clients: Mutex<HashMap<(SocketAddr, bool), Upstream>>,
+    /// Requests by response status.
+    pub requests: Mutex<HashMap<u16, u64>>,
+    /// Sum of request durations (µs), for the mean.
+    pub duration_us: AtomicU64,
+}
+
+impl L7 {
+    pub fn new(allow_ambiguous_paths: bool) -> Self {
+        Self {
+            allow_ambiguous_paths,
+            ..Self::default()
+        }
+    }
+
+    fn client(&self, target: SocketAddr, h2: bool) -> Upstream {
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((target, h2))
+            .or_insert_with(|| {
+                Client::builder(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .http2_only(h2)
+                    .build(TargetConnector(target))
+            })
+            .clone()
+    }
+
+    fn count(&self, status: u16, took: Duration) {
+        *self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(status)
+            .or_default() += 1;
+        self.duration_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+/// Connects every request of a client to one fixed target, with the proxy's mark.
+#[derive(Clone)]
+pub struct TargetConnector(SocketAddr);
+
+impl tower_service::Service<http::Uri> for TargetConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = std::io::Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _uri: http::Uri) -> Self::Future {
+        let target = self.0;
+        Box::pin(async move {
+            socket::connect(target, Duration::from_secs(5))
+                .await
+                .map(TokioIo::new)
+        })
+    }
+}
+
+/// Who is calling, for every request on one connection.
+#[derive(Clone)]
+pub struct Caller {
+    pub peer: Option<PeerIdentity>,
+    pub source_ip: IpAddr,
+    pub target: SocketAddr,
+    pub workload: Arc<Workload>,
+}
+
+/// Serves HTTP on `io` (the client side of a tunnel or plaintext connection) until it closes.
+pub async fn serve<I>(ctx: Arc<Ctx>, io: I, caller: Caller)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+        let ctx = ctx.clone();
+        let caller = caller.clone();
+        async move { Ok::<_, Infallible>(handle(&ctx, &caller, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(16 * 1024)
+        .max_concurrent_streams(256);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), svc).await {
+        tracing::debug!(error = %e, "L7 connection ended with an error");
+    }
+}
+
+fn simple(status: http::StatusCode, body: &'static str) -> http::Response<Body> {
+    let mut r = http::Response::new(
+        Full::new(Bytes::from_static(body.as_bytes()))
+            .map_err(|e| match e {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain"),
+    );
+    r
+}
+
+fn grpc_denied() -> http::Response<Body> {
+    let mut r = http::Response::new(Full::new(Bytes::new()).map_err(|e| match e {}).boxed());
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    h.insert("grpc-status", http::HeaderValue::from_static("7"));
+    h.insert(
+        "grpc-message",
+        http::HeaderValue::from_static("PERMISSION_DENIED: RBAC: access denied"),
+    );
+    r
+}
+
+async fn handle(
+    ctx: &Arc<Ctx>,
+    caller: &Caller,
+    req: http::Request<Incoming>,
+) -> http::Response<Body> {
+    let started = Instant::now();
+    let method = req.method().clone();
+    let raw_path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    let host = req
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let mut rec = Record {
+        direction: "inbound-http",
+        src_identity: caller
+            .peer
+            .as_ref()
+            .map(|p| format!("spiffe://{}", p.principal)),
+        src: caller.source_ip.to_string(),
+        dst: caller.target.to_string(),
+        dst_workload: Some(format!(
+            "{}/{}",
+            caller.workload.namespace, caller.workload.name
+        )),
+        dst_identity: Some(caller.workload.identity.to_string()),
+        decision: "deny",
+        policy: None,
+        reason: format!("{method} {raw_path}"),
+        bytes_sent: 0,
+        bytes_received: 0,
+        duration_ms: 0,
+    };
+    let finish = |ctx: &Ctx, mut rec: Record, resp: http::Response<Body>| {
+        rec.duration_ms = started.elapsed().as_millis() as u64;
+        rec.reason = format!("{} -> {}", rec.reason, resp.status().as_u16());
+        ctx.l7.count(resp.status().as_u16(), started.elapsed());
+        ctx.log.log(rec);
+        resp
+    };
+    let ambiguous = if ctx.l7.allow_ambiguous_paths {
+        Ambiguous::Allow
+    } else {
+        Ambiguous::Reject
+    };
+    let path = match normalize(&raw_path, ambiguous) {
+        Ok(p) => p,
+        Err(e) => {
+            rec.reason = format!("{}: {e}", rec.reason);
+            return finish(
+                ctx,
+                rec,
+                simple(
+                    http::StatusCode::BAD_REQUEST,
+                    "bad request: ambiguous path\n",
+                ),
+            );
+        }
+    };
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(req.headers().len());
+    for (k, v) in req.headers() {
+        if let Ok(v) = v.to_str() {
+            match headers.iter_mut().find(|(n, _)| n == k.as_str()) {
+                Some((_, existing)) => {
+                    existing.push(',');
+                    existing.push_str(v);
+                }
+                None => headers.push((k.as_str().to_owned(), v.to_owned())),
+            }
+        }
+    }
+    let remote_ip = headers
+        .iter()
+        .find(|(k, _)| k == "x-forwarded-for")
+        .and_then(|(_, v)| v.split(',').next())
+        .and_then(|v| v.trim().parse().ok());
+    let http_attrs = HttpAttributes {
+        method: method.to_string(),
+        path,
+        host,
+        headers,
+        remote_ip,
+        jwt: None,
+    };
+    let attrs = Attributes {
+        peer: caller.peer.as_ref(),
+        source_ip: caller.source_ip,
+        destination_ip: caller.target.ip(),
+        destination_port: caller.target.port(),
+        protocol: Protocol::Http,
+        sni: None,
+        http: Some(&http_attrs),
+        time: jiff::Timestamp::now(),
+    };
+    let decision = caller.workload.policies.evaluate(&attrs);
+    rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
+    if !decision.allowed {
+        rec.reason = format!("{}: {decision}", rec.reason);
+        let resp = if grpc {
+            grpc_denied()
+        } else {
+            simple(http::StatusCode::FORBIDDEN, "RBAC: access denied\n")
+        };
+        return finish(ctx, rec, resp);
+    }
+    rec.decision = "allow";
+    // The upstream speaks what its port declares, whatever the client spoke.
+    let h2 = caller.workload.h2_ports.contains(&caller.target.port());
+    // Forward: absolute URI for the pooled client (it connects to the fixed target anyway).
+    let (mut parts, body) = req.into_parts();
+    let authority = if http_attrs.host.is_empty() {
+        caller.target.to_string()
+    } else {
+        http_attrs.host.clone()
+    };
+    let uri = format!("http://{authority}{raw_path}");
+    parts.uri = match uri.parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return finish(
+                ctx,
+                rec,
+                simple(http::StatusCode::BAD_REQUEST, "bad request\n"),
+            )
+        }
+    };
+    parts.version = if h2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    let chunked = parts
+        .headers
+        .get(http::header::TRANSFER_ENCODING)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"chunked"));
+    // Hop-by-hop headers belong to the client's connection, not the upstream one.
+    for h in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        parts.headers.remove(h);
+    }
+    let body: Body = if chunked {
+        match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            Ok(b) => Full::new(b.to_bytes()).map_err(|e| match e {}).boxed(),
+            Err(e) => {
+                rec.reason = format!("{}: request body: {e}", rec.reason);
+                return finish(
+                    ctx,
+                    rec,
+                    simple(http::StatusCode::BAD_REQUEST, "bad request: body\n"),
+                );
+            }
+        }
+    } else {
+        body.boxed()
+    };
+    let resp = match ctx
+        .l7
+        .client(caller.target, h2)
+        .request(http::Request::from_parts(parts, body))
+        .await
+    {
+        Ok(r) => r.map(|b| b.boxed()),
+        Err(e) => {
+            rec.reason = format!("{}: upstream: {e}", rec.reason);
+            simple(
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                "upstream unavailable\n",
+            )
+        }
+    };
+    finish(ctx, rec, resp)
+}
