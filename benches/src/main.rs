@@ -5,6 +5,9 @@
 //! under `target/bench-results/`. Scenarios so far:
 //! - `idle-memory`: proxy RSS idle, and with 1 000 and 5 000 idle tunnelled connections
 //!   (client pod → node-1 proxy → HBONE → node-2 proxy → server pod).
+//! - `l7-vs-l4`: HTTP/1.1 keep-alive load (wrk, 16 connections, 5 s) against nginx on the
+//!   server pod: directly (no proxies), through the proxies with the port declared TCP (L4),
+//!   and declared HTTP (L7: per-request authorization and forwarding).
 //!
 //! It needs root (namespaces) and fails loudly when a tool is missing.
 #![forbid(unsafe_code)]
@@ -69,7 +72,7 @@ else:
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let scenarios: Vec<&str> = if args.is_empty() || args.iter().any(|a| a == "all") {
-        vec!["idle-memory"]
+        vec!["idle-memory", "l7-vs-l4"]
     } else {
         args.iter().map(String::as_str).collect()
     };
@@ -78,7 +81,10 @@ fn main() -> anyhow::Result<()> {
     for s in scenarios {
         match s {
             "idle-memory" => idle_memory(&out_dir)?,
-            other => anyhow::bail!("unknown scenario {other:?} (known: idle-memory, all)"),
+            "l7-vs-l4" => l7_vs_l4(&out_dir)?,
+            other => {
+                anyhow::bail!("unknown scenario {other:?} (known: idle-memory, l7-vs-l4, all)")
+            }
         }
     }
     Ok(())
@@ -169,5 +175,105 @@ fn idle_memory(out_dir: &std::path::Path) -> anyhow::Result<()> {
         serde_json::to_string_pretty(&json)?,
     )?;
     let _ = Command::new("true").status();
+    Ok(())
+}
+
+/// One wrk run: requests/s and the p50/p99 latency in µs.
+fn wrk(c: &Cluster, url: &str) -> anyhow::Result<(f64, f64, f64)> {
+    let o = in_ns(&c.pod("client").netns, "wrk")
+        .args(["-t1", "-c16", "-d5s", "--latency", url])
+        .output()
+        .map_err(|e| anyhow::anyhow!("wrk is missing (apt-get install -y wrk): {e}"))?;
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    anyhow::ensure!(
+        o.status.success() && !out.contains("Non-2xx"),
+        "wrk failed or saw errors:\n{out}"
+    );
+    let us = |v: &str| -> Option<f64> {
+        let (n, unit) = v.split_at(v.find(|ch: char| ch.is_ascii_alphabetic())?);
+        let n: f64 = n.parse().ok()?;
+        Some(match unit {
+            "us" => n,
+            "ms" => n * 1e3,
+            "s" => n * 1e6,
+            _ => return None,
+        })
+    };
+    let find = |prefix: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
+    };
+    let rps = find("Requests/sec:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in:\n{out}"))?;
+    let p50 = find("50%")
+        .and_then(|v| us(&v))
+        .ok_or_else(|| anyhow::anyhow!("no p50 in:\n{out}"))?;
+    let p99 = find("99%")
+        .and_then(|v| us(&v))
+        .ok_or_else(|| anyhow::anyhow!("no p99 in:\n{out}"))?;
+    Ok((rps, p50, p99))
+}
+
+fn l7_vs_l4(out_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for (mode, proxies, protocol) in [
+        ("direct (no proxy)", false, "tcp"),
+        ("ward L4 (port declared tcp)", true, "tcp"),
+        ("ward L7 (port declared http)", true, "http"),
+    ] {
+        let mut c = Cluster::new(2, PODS);
+        c.release = true;
+        c.web_protocol = protocol;
+        c.start_ca();
+        c.write_mesh("");
+        let conf = c.path("nginx.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n server {{ listen 8080; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
+                dir = c.dir.path().display()
+            ),
+        )?;
+        let server_ns = c.pod("server").netns.clone();
+        let conf_s = conf.display().to_string();
+        let prefix = c.dir.path().display().to_string();
+        c.spawn(
+            "nginx",
+            &server_ns,
+            std::path::Path::new("nginx"),
+            &["-c", &conf_s, "-p", &prefix],
+        );
+        if proxies {
+            c.start_proxy(1, &[]);
+            c.start_proxy(2, &[]);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let url = format!("http://{}:8080/", c.pod("server").ip);
+        let (rps, p50, p99) = wrk(&c, &url)?;
+        rows.push((mode, rps, p50, p99));
+    }
+    let direct = rows[0].1;
+    let mut md = String::from(
+        "| path | req/s | ratio to direct | p50 (µs) | p99 (µs) |\n|---|---:|---:|---:|---:|\n",
+    );
+    for (mode, rps, p50, p99) in &rows {
+        let _ = writeln!(
+            md,
+            "| {mode} | {rps:.0} | {:.2} | {p50:.0} | {p99:.0} |",
+            rps / direct
+        );
+    }
+    println!("{md}");
+    std::fs::write(out_dir.join("l7-vs-l4.md"), &md)?;
+    let json = serde_json::json!({
+        "scenario": "l7-vs-l4",
+        "load": "wrk -t1 -c16 -d5s, HTTP/1.1 keep-alive, nginx `return 200`",
+        "rows": rows.iter().map(|(m, r, a, b)| serde_json::json!({"path": m, "rps": r, "p50_us": a, "p99_us": b})).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        out_dir.join("l7-vs-l4.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     Ok(())
 }
