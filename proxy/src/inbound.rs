@@ -229,7 +229,7 @@ async fn connect_stream(
         tokio::spawn(async move {
             let _registration = registration;
             if let Ok(up) = on_upgrade.await {
-                crate::l7::serve(ctx2.clone(), TokioIo::new(up), caller).await;
+                Box::pin(crate::l7::serve(ctx2.clone(), TokioIo::new(up), caller)).await;
             }
             rec.duration_ms = started.elapsed().as_millis() as u64;
             ctx2.log.log(rec);
@@ -380,7 +380,8 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
             target,
             workload: w.clone(),
         };
-        crate::l7::serve(ctx.clone(), tcp, caller).await;
+        // Boxed: the HTTP server state lives on the heap, keeping this future small.
+        Box::pin(crate::l7::serve(ctx.clone(), tcp, caller)).await;
         rec.duration_ms = started.elapsed().as_millis() as u64;
         ctx.log.log(rec);
         return;
