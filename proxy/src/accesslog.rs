@@ -25,6 +25,26 @@ pub struct Record {
     pub duration_ms: u64,
 }
 
+impl Record {
+    /// A record that so far says "denied, for no stated reason"; callers fill in the rest.
+    pub fn new(direction: &'static str, src: String, dst: String) -> Self {
+        Self {
+            direction,
+            src_identity: None,
+            src,
+            dst,
+            dst_workload: None,
+            dst_identity: None,
+            decision: "deny",
+            policy: None,
+            reason: String::new(),
+            bytes_sent: 0,
+            bytes_received: 0,
+            duration_ms: 0,
+        }
+    }
+}
+
 pub struct AccessLog {
     tx: mpsc::Sender<Record>,
     pub dropped: AtomicU64,

@@ -132,20 +132,9 @@ async fn connect_stream(
     peer_addr: SocketAddr,
 ) -> http::Response<Empty<Bytes>> {
     let started = Instant::now();
-    let mut rec = Record {
-        direction: "inbound",
-        src_identity: Some(client_id.to_string()),
-        src: peer_addr.ip().to_string(),
-        dst: String::new(),
-        dst_workload: None,
-        dst_identity: Some(server_id.to_string()),
-        decision: "deny",
-        policy: None,
-        reason: String::new(),
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0,
-    };
+    let mut rec = Record::new("inbound", peer_addr.ip().to_string(), String::new());
+    rec.src_identity = Some(client_id.to_string());
+    rec.dst_identity = Some(server_id.to_string());
     let refuse = |ctx: &Ctx, mut rec: Record, code: http::StatusCode, reason: String| {
         rec.reason = reason;
         ctx.log.log(rec);
@@ -340,20 +329,11 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
     let Ok(target) = socket::original_dst(&tcp) else {
         return;
     };
-    let mut rec = Record {
-        direction: "inbound-plaintext",
-        src_identity: None,
-        src: peer.ip().to_string(),
-        dst: target.to_string(),
-        dst_workload: None,
-        dst_identity: None,
-        decision: "deny",
-        policy: None,
-        reason: String::new(),
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0,
-    };
+    let mut rec = Record::new(
+        "inbound-plaintext",
+        peer.ip().to_string(),
+        target.to_string(),
+    );
     let Some(snap) = ctx.state.snapshot() else {
         rec.reason = "no configuration yet".into();
         ctx.log.log(rec);

@@ -206,26 +206,21 @@ async fn handle(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
-    let mut rec = Record {
-        direction: "inbound-http",
-        src_identity: caller
-            .peer
-            .as_ref()
-            .map(|p| format!("spiffe://{}", p.principal)),
-        src: caller.source_ip.to_string(),
-        dst: caller.target.to_string(),
-        dst_workload: Some(format!(
-            "{}/{}",
-            caller.workload.namespace, caller.workload.name
-        )),
-        dst_identity: Some(caller.workload.identity.to_string()),
-        decision: "deny",
-        policy: None,
-        reason: format!("{method} {raw_path}"),
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0,
-    };
+    let mut rec = Record::new(
+        "inbound-http",
+        caller.source_ip.to_string(),
+        caller.target.to_string(),
+    );
+    rec.src_identity = caller
+        .peer
+        .as_ref()
+        .map(|p| format!("spiffe://{}", p.principal));
+    rec.dst_workload = Some(format!(
+        "{}/{}",
+        caller.workload.namespace, caller.workload.name
+    ));
+    rec.dst_identity = Some(caller.workload.identity.to_string());
+    rec.reason = format!("{method} {raw_path}");
     let finish = |ctx: &Ctx, mut rec: Record, resp: http::Response<Body>| {
         rec.duration_ms = started.elapsed().as_millis() as u64;
         rec.reason = format!("{} -> {}", rec.reason, resp.status().as_u16());

@@ -44,20 +44,7 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
         tracing::debug!(%peer, "outbound connection without an original destination; closing");
         return;
     };
-    let mut rec = Record {
-        direction: "outbound",
-        src_identity: None,
-        src: peer.ip().to_string(),
-        dst: orig.to_string(),
-        dst_workload: None,
-        dst_identity: None,
-        decision: "deny",
-        policy: None,
-        reason: String::new(),
-        bytes_sent: 0,
-        bytes_received: 0,
-        duration_ms: 0,
-    };
+    let mut rec = Record::new("outbound", peer.ip().to_string(), orig.to_string());
     let Some(snap) = ctx.state.snapshot() else {
         rec.reason = "no configuration yet".into();
         ctx.log.log(rec);

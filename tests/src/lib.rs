@@ -555,6 +555,39 @@ impl Cluster {
         }
     }
 
+    /// Starts an echo server (socat, `cat`) on `pod`:9000.
+    pub fn serve_echo(&mut self, pod: &str) {
+        let ns = self.pod(pod).netns.clone();
+        self.spawn(
+            &format!("echo-{pod}"),
+            &ns,
+            Path::new("socat"),
+            &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
+        );
+    }
+
+    /// A long-lived connection from `from` to `to`:9000 (see [`Cluster::serve_echo`]).
+    pub fn echo_conn(&self, from: &str, to: &str) -> Echo {
+        let target = format!("TCP:{}:9000", self.pod(to).ip);
+        let mut child = in_ns(&self.pod(from).netns, "socat")
+            .args(["-", &target])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("socat: {e}"));
+        let input = child.stdin.take().unwrap_or_else(|| panic!("socat stdin"));
+        let output = child
+            .stdout
+            .take()
+            .unwrap_or_else(|| panic!("socat stdout"));
+        Echo {
+            child,
+            input,
+            output,
+        }
+    }
+
     /// `curl` from `pod` to `url`; returns (http code or 000, body).
     pub fn curl(&self, pod: &str, url: &str, extra: &[&str]) -> (String, String) {
         let ns = &self.pod(pod).netns;
@@ -578,6 +611,43 @@ impl Cluster {
 
     pub fn log_of(&self, label: &str) -> String {
         std::fs::read_to_string(self.path(&format!("{label}.log"))).unwrap_or_default()
+    }
+}
+
+/// A live connection through the mesh to an echo server.
+pub struct Echo {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::process::ChildStdout,
+}
+
+impl Echo {
+    /// Sends a line and requires it back.
+    pub fn ping(&mut self, tag: &str) {
+        use std::io::{Read, Write};
+        let msg = format!("{tag}\n");
+        self.input
+            .write_all(msg.as_bytes())
+            .unwrap_or_else(|e| panic!("echo write ({tag}): {e}"));
+        let mut buf = vec![0u8; msg.len()];
+        self.output
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("echo read ({tag}): {e}"));
+        assert_eq!(buf, msg.as_bytes(), "echo over the live connection");
+    }
+
+    /// Blocks until the connection is closed from the far side.
+    pub fn wait_closed(&mut self) {
+        use std::io::Read;
+        let mut rest = Vec::new();
+        let _ = self.output.read_to_end(&mut rest);
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

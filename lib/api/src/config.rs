@@ -128,24 +128,28 @@ pub struct ServicePortSpec {
 /// Whether a port is HTTP: `appProtocol` http/http2/grpc, a name prefixed `http-`, `http2-`
 /// or `grpc-`, or `protocol: http|http2|grpc` in the local configuration.
 pub fn is_http(name: Option<&str>, protocol: Option<&str>, app_protocol: Option<&str>) -> bool {
-    let proto = |p: &str| matches!(p.to_ascii_lowercase().as_str(), "http" | "http2" | "grpc");
-    app_protocol.is_some_and(proto)
-        || protocol.is_some_and(proto)
-        || name.is_some_and(|n| {
-            let n = n.to_ascii_lowercase();
-            n.starts_with("http-") || n.starts_with("http2-") || n.starts_with("grpc-")
-        })
+    declared(name, protocol, app_protocol, &["http", "http2", "grpc"])
 }
 
 /// Whether an HTTP port's server speaks HTTP/2: `http2` or `grpc` (protocol or appProtocol),
 /// or a name prefixed `http2-` / `grpc-`.
 pub fn is_h2(name: Option<&str>, protocol: Option<&str>, app_protocol: Option<&str>) -> bool {
-    let proto = |p: &str| matches!(p.to_ascii_lowercase().as_str(), "http2" | "grpc");
-    app_protocol.is_some_and(proto)
-        || protocol.is_some_and(proto)
+    declared(name, protocol, app_protocol, &["http2", "grpc"])
+}
+
+/// A port declares one of `protocols` by appProtocol, protocol, or a `<protocol>-` name prefix.
+fn declared(
+    name: Option<&str>,
+    protocol: Option<&str>,
+    app_protocol: Option<&str>,
+    protocols: &[&str],
+) -> bool {
+    let named = |p: &str| protocols.iter().any(|x| p.eq_ignore_ascii_case(x));
+    app_protocol.is_some_and(named)
+        || protocol.is_some_and(named)
         || name.is_some_and(|n| {
             let n = n.to_ascii_lowercase();
-            n.starts_with("http2-") || n.starts_with("grpc-")
+            protocols.iter().any(|x| n.starts_with(&format!("{x}-")))
         })
 }
 

@@ -80,40 +80,19 @@ fn invalid_configuration_update_keeps_the_last_good_one() {
 
 #[test]
 fn sigterm_stops_accepting_drains_live_connections_then_closes_them() {
-    use std::io::{Read, Write};
-    use std::process::Stdio;
     use std::time::Instant;
 
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new(2, &two_by_two());
     c.start_ca();
     c.write_mesh("");
-    let web2_ns = c.pod("web-2").netns.clone();
-    c.spawn(
-        "echo",
-        &web2_ns,
-        std::path::Path::new("socat"),
-        &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
-    );
+    c.serve_echo("web-2");
     c.serve_http("web-2");
     c.start_proxy(1, &[]);
     c.start_proxy(2, &[]);
     let web2 = c.pod("web-2").ip.clone();
-    let mut live = in_ns(&c.pod("client-1").netns, "socat")
-        .args(["-", &format!("TCP:{web2}:9000")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = live.stdin.take().unwrap();
-    let mut output = live.stdout.take().unwrap();
-    let mut ping = |tag: &str| {
-        input.write_all(format!("{tag}\n").as_bytes()).unwrap();
-        let mut buf = vec![0u8; tag.len() + 1];
-        output.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, format!("{tag}\n").as_bytes());
-    };
+    let mut live = c.echo_conn("client-1", "web-2");
+    let mut ping = |tag: &str| live.ping(tag);
     ping("before");
     // SIGTERM node-2's proxy (drain timeout 2 s in the harness).
     let pid = c.proxy_pid(2);
@@ -128,14 +107,11 @@ fn sigterm_stops_accepting_drains_live_connections_then_closes_them() {
         "000"
     );
     // After the drain timeout the live connection is closed and the proxy exits cleanly.
-    let mut rest = Vec::new();
-    let _ = output.read_to_end(&mut rest);
+    live.wait_closed();
     let closed = sent.elapsed();
     assert!(
         closed >= Duration::from_millis(1800) && closed < Duration::from_secs(6),
         "closed after {closed:?}"
     );
     assert!(c.stop_proxy(2).success());
-    let _ = live.kill();
-    let _ = live.wait();
 }

@@ -1,11 +1,10 @@
 //! L4 policy changes take effect for new connections within a second and close now-denied
 //! live connections within a second.
 
-use std::io::{Read, Write};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ward_tests::{in_ns, Cluster, SERIAL};
+use ward_tests::{Cluster, SERIAL};
 
 use crate::two_by_two;
 
@@ -16,14 +15,7 @@ fn policy_changes_apply_to_new_and_live_connections() {
     c.start_ca();
     c.write_mesh("");
     // A long-lived echo server on web-2 (socat) and the HTTP server.
-    let web2_ns = c.pod("web-2").netns.clone();
-    let socat = std::path::PathBuf::from("socat");
-    c.spawn(
-        "echo",
-        &web2_ns,
-        &socat,
-        &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
-    );
+    c.serve_echo("web-2");
     c.serve_http("web-2");
     c.start_proxy(1, &[]);
     c.start_proxy(2, &[]);
@@ -34,22 +26,8 @@ fn policy_changes_apply_to_new_and_live_connections() {
     );
 
     // A live connection from client-1 to the echo server.
-    let mut live = in_ns(&c.pod("client-1").netns, "socat")
-        .args(["-", &format!("TCP:{web2}:9000")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut stdin = live.stdin.take().unwrap();
-    let mut stdout = live.stdout.take().unwrap();
-    stdin.write_all(b"ping\n").unwrap();
-    let mut buf = [0u8; 5];
-    stdout.read_exact(&mut buf).unwrap();
-    assert_eq!(
-        &buf, b"ping\n",
-        "the live connection works before the change"
-    );
+    let mut live = c.echo_conn("client-1", "web-2");
+    live.ping("before the change");
 
     // Deny shop/client → shop/web.
     let changed = Instant::now();
@@ -58,15 +36,13 @@ fn policy_changes_apply_to_new_and_live_connections() {
         "apiVersion: security.ward.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-client, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: DENY\n  rules: [{from: [{source: {principals: [cluster.local/ns/shop/sa/client]}}]}]\n",
     );
     // The live connection is closed: socat sees EOF.
-    let mut rest = Vec::new();
-    let _ = stdout.read_to_end(&mut rest);
+    live.wait_closed();
     let closed_after = changed.elapsed();
     assert!(
         closed_after < Duration::from_millis(1500),
         "live connection closed after {closed_after:?}"
     );
-    let _ = live.kill();
-    let _ = live.wait();
+    drop(live);
     // New connections are refused.
     let (code, _) = c.curl("client-1", &format!("http://{web2}:8080/"), &[]);
     assert_eq!(code, "000");

@@ -2,11 +2,9 @@
 //! stopped, traffic continues on the old certificate, renewal retries with backoff, and
 //! recovers when the CA returns.
 
-use std::io::{Read, Write};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ward_tests::{in_ns, Cluster, SERIAL};
+use ward_tests::{Cluster, SERIAL};
 
 use crate::two_by_two;
 
@@ -28,33 +26,13 @@ fn rotation_and_ca_outage() {
     let mut c = Cluster::new(2, &two_by_two());
     c.start_ca();
     c.write_mesh("");
-    let web2_ns = c.pod("web-2").netns.clone();
-    c.spawn(
-        "echo",
-        &web2_ns,
-        std::path::Path::new("socat"),
-        &["TCP-LISTEN:9000,fork,reuseaddr", "EXEC:cat"],
-    );
+    c.serve_echo("web-2");
     c.serve_http("web-2");
     c.start_proxy(1, &["--cert-ttl", "60s"]);
     c.start_proxy(2, &["--cert-ttl", "60s"]);
     let web2 = c.pod("web-2").ip.clone();
-    let mut live = in_ns(&c.pod("client-1").netns, "socat")
-        .args(["-", &format!("TCP:{web2}:9000")])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut input = live.stdin.take().unwrap();
-    let mut output = live.stdout.take().unwrap();
-    let mut ping = |n: usize| {
-        let msg = format!("ping-{n:04}\n");
-        input.write_all(msg.as_bytes()).unwrap();
-        let mut buf = vec![0u8; msg.len()];
-        output.read_exact(&mut buf).unwrap();
-        assert_eq!(buf, msg.as_bytes(), "echo over the long-lived connection");
-    };
+    let mut live = c.echo_conn("client-1", "web-2");
+    let mut ping = |n: usize| live.ping(&format!("ping-{n:04}"));
     // Several rotations (renewal at ~half of 60 s) with the connection in use throughout.
     let start = Instant::now();
     let mut n = 0;
@@ -125,6 +103,4 @@ fn rotation_and_ca_outage() {
             .0,
         "200"
     );
-    let _ = live.kill();
-    let _ = live.wait();
 }
