@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use ward_tests::{in_ns, must, run, Cluster, SERIAL};
+use ward_tests::{must, Cluster, SERIAL};
 
 use crate::two_by_two;
 
@@ -228,5 +228,4 @@ fn a_server_with_another_identity_is_refused_by_the_client_proxy() {
             && reason.contains("expected spiffe://cluster.local/ns/shop/sa/web"),
         "{reason}"
     );
-    let _ = (run, in_ns);
 }

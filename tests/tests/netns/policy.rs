@@ -1,7 +1,6 @@
 //! L4 policy changes take effect for new connections within a second and close now-denied
 //! live connections within a second.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ward_tests::{Cluster, SERIAL};
@@ -73,5 +72,4 @@ fn policy_changes_apply_to_new_and_live_connections() {
         .filter(|r| r["decision"] == "deny" && r["policy"] == "shop/deny-client")
         .count();
     assert!(denied >= 1, "{:?}", c.access_log(2));
-    let _ = Command::new("true").status();
 }
