@@ -31,22 +31,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Accepts HBONE connections until `stop` turns true.
-pub async fn serve_hbone(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = crate::stopped(&mut stop) => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "HBONE accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move { hbone_connection(ctx, tcp, peer).await });
-    }
+pub async fn serve_hbone(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    crate::accept_loop(ctx, listener, stop, "hbone", hbone_connection).await;
 }
 
 async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) {
@@ -303,25 +289,15 @@ fn forwarded_for(
 }
 
 /// Accepts redirected plaintext until `stop` turns true.
-pub async fn serve_plaintext(
-    ctx: Arc<Ctx>,
-    listener: TcpListener,
-    mut stop: watch::Receiver<bool>,
-) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = crate::stopped(&mut stop) => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move { plaintext_connection(ctx, tcp, peer).await });
-    }
+pub async fn serve_plaintext(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    crate::accept_loop(
+        ctx,
+        listener,
+        stop,
+        "inbound plaintext",
+        plaintext_connection,
+    )
+    .await;
 }
 
 pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {

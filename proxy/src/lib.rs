@@ -209,6 +209,34 @@ async fn wait_for_signal() {
     }
 }
 
+/// Accepts on `listener` until `stop`, handing every connection to its own task. Accept errors
+/// (e.g. EMFILE) are logged and retried after a short pause rather than spun on.
+pub(crate) async fn accept_loop<F, Fut>(
+    ctx: Arc<Ctx>,
+    listener: tokio::net::TcpListener,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+    handle: F,
+) where
+    F: Fn(Arc<Ctx>, tokio::net::TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = stopped(&mut stop) => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(listener = what, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(handle(ctx.clone(), tcp, peer));
+    }
+}
+
 /// Resolves once the watched flag is true (or its sender is gone).
 pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     // Drop the borrow guard here, so callers' futures stay `Send`.

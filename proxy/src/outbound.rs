@@ -20,21 +20,8 @@ use tokio::sync::watch;
 use crate::accesslog::Record;
 use crate::{relay, socket, Ctx};
 
-pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = crate::stopped(&mut stop) => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ctx = ctx.clone();
-        tokio::spawn(async move { connection(ctx, tcp, peer).await });
-    }
+pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    crate::accept_loop(ctx, listener, stop, "outbound", connection).await;
 }
 
 pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
