@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::oneshot;
 use ward_lib_api::config::Snapshot;
-use ward_lib_policy::{Attributes, MtlsMode, PeerIdentity, Protocol};
+use ward_lib_policy::{Attributes, MtlsMode, PeerIdentity};
 
 pub struct LiveConn {
     pub id: u64,
@@ -127,16 +127,7 @@ impl Registry {
             if c.l7 {
                 continue;
             }
-            let attrs = Attributes {
-                peer: c.peer.as_ref(),
-                source_ip: c.source_ip,
-                destination_ip: c.target.ip(),
-                destination_port: c.target.port(),
-                protocol: Protocol::Tcp,
-                sni: None,
-                http: None,
-                time: now,
-            };
+            let attrs = Attributes::tcp(c.peer.as_ref(), c.source_ip, c.target, now);
             if !w.policies.evaluate(&attrs).allowed {
                 c.cancel("no longer allowed by policy");
                 closed += 1;

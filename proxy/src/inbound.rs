@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use ward_lib_api::config::{Snapshot, Workload};
 use ward_lib_identity::SpiffeId;
-use ward_lib_policy::{Attributes, MtlsMode, PeerIdentity, Protocol};
+use ward_lib_policy::{Attributes, MtlsMode, PeerIdentity};
 
 use crate::accesslog::Record;
 use crate::{relay, socket, tls, Ctx};
@@ -40,16 +40,8 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
     let Some(snap) = ctx.state.snapshot() else {
         return;
     };
-    let acceptor = match tls::server_config(
-        ctx.state.bundle.clone(),
-        ctx.certs.clone(),
-        snap.trust_domain.clone(),
-    ) {
-        Ok(cfg) => tokio_rustls::TlsAcceptor::from(Arc::new(cfg)),
-        Err(e) => {
-            tracing::error!(error = %e, "HBONE TLS configuration");
-            return;
-        }
+    let Some(acceptor) = hbone_acceptor(&ctx, &snap.trust_domain) else {
+        return;
     };
     let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
@@ -99,6 +91,31 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
         .await;
     if let Err(e) = served {
         tracing::debug!(peer = %peer_addr, error = %e, "HBONE connection ended with an error");
+    }
+}
+
+/// The HBONE TLS acceptor, built once per trust domain (certificates and the bundle are read
+/// live through the resolver and the shared bundle, so nothing else invalidates it).
+fn hbone_acceptor(
+    ctx: &Ctx,
+    td: &ward_lib_identity::TrustDomain,
+) -> Option<tokio_rustls::TlsAcceptor> {
+    let mut cached = ctx.hbone_tls.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((cached_td, acceptor)) = cached.as_ref() {
+        if cached_td == td {
+            return Some(acceptor.clone());
+        }
+    }
+    match tls::server_config(ctx.state.bundle.clone(), ctx.certs.clone(), td.clone()) {
+        Ok(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+            *cached = Some((td.clone(), acceptor.clone()));
+            Some(acceptor)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "HBONE TLS configuration");
+            None
+        }
     }
 }
 
@@ -211,16 +228,7 @@ async fn connect_stream(
         });
         return status(http::StatusCode::OK);
     }
-    let attrs = Attributes {
-        peer: Some(peer),
-        source_ip,
-        destination_ip: target.ip(),
-        destination_port: target.port(),
-        protocol: Protocol::Tcp,
-        sni: None,
-        http: None,
-        time: jiff::Timestamp::now(),
-    };
+    let attrs = Attributes::tcp(Some(peer), source_ip, target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();
@@ -342,16 +350,7 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
         ctx.log.log(rec);
         return;
     }
-    let attrs = Attributes {
-        peer: None,
-        source_ip: peer.ip(),
-        destination_ip: target.ip(),
-        destination_port: target.port(),
-        protocol: Protocol::Tcp,
-        sni: None,
-        http: None,
-        time: jiff::Timestamp::now(),
-    };
+    let attrs = Attributes::tcp(None, peer.ip(), target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();

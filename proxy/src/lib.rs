@@ -63,6 +63,9 @@ pub struct Ctx {
     pub log: accesslog::AccessLog,
     /// Relays in progress (drain waits for zero).
     pub active: AtomicUsize,
+    /// The HBONE TLS acceptor and the trust domain it was built for.
+    pub hbone_tls:
+        std::sync::Mutex<Option<(ward_lib_identity::TrustDomain, tokio_rustls::TlsAcceptor)>>,
     /// HTTP-aware authorization state (upstream pools, counters).
     pub l7: l7::L7,
     /// Set on SIGTERM: no new connections or tunnel streams are accepted.
@@ -106,6 +109,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
         l7: l7::L7::new(cfg.allow_ambiguous_paths),
+        hbone_tls: std::sync::Mutex::new(None),
         hard_stop: watch::channel(false).0,
     });
 

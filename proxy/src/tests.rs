@@ -33,6 +33,7 @@ async fn ctx() -> Arc<Ctx> {
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
         l7: crate::l7::L7::default(),
+        hbone_tls: std::sync::Mutex::new(None),
         hard_stop: watch::channel(false).0,
     })
 }

@@ -99,13 +99,24 @@ pub fn require_privileges() {
         uid, "0",
         "network-namespace tests need root (CI runs as root); run them as root or with sudo"
     );
-    for tool in ["ip", "nft", "curl", "python3"] {
+    for tool in [
+        "ip",
+        "ss",
+        "nft",
+        "iptables-save",
+        "curl",
+        "python3",
+        "socat",
+        "tcpdump",
+        "openssl",
+        "sysctl",
+    ] {
         let o = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output();
         assert!(
             o.is_ok_and(|o| o.status.success()),
-            "{tool} is missing; `.ci/run` installs it (apt-get install -y iproute2 nftables curl python3)"
+            "{tool} is missing; `.ci/run` installs it (apt-get install -y iproute2 nftables iptables curl python3 socat tcpdump openssl procps)"
         );
     }
 }

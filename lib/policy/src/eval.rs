@@ -81,6 +81,27 @@ pub struct Attributes<'a> {
     pub time: Timestamp,
 }
 
+impl<'a> Attributes<'a> {
+    /// The attributes of a plain TCP connection (no SNI, no HTTP) to `destination`.
+    pub fn tcp(
+        peer: Option<&'a PeerIdentity>,
+        source_ip: IpAddr,
+        destination: std::net::SocketAddr,
+        time: Timestamp,
+    ) -> Self {
+        Self {
+            peer,
+            source_ip,
+            destination_ip: destination.ip(),
+            destination_port: destination.port(),
+            protocol: Protocol::Tcp,
+            sni: None,
+            http: None,
+            time,
+        }
+    }
+}
+
 /// Why the verdict is what it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
