@@ -6,37 +6,9 @@
 //! of policies on other workloads.
 
 use std::hint::black_box;
-use std::time::Instant;
 
 use criterion::{criterion_group, Criterion};
-use ward_benches::{mesh, request};
-
-fn percentiles(mut f: impl FnMut()) -> (f64, f64) {
-    const N: usize = 200_000;
-    for _ in 0..10_000 {
-        f();
-    }
-    // Cost of the two Instant::now() calls themselves.
-    let mut overhead: Vec<u128> = (0..10_000)
-        .map(|_| {
-            let t = Instant::now();
-            black_box(());
-            t.elapsed().as_nanos()
-        })
-        .collect();
-    overhead.sort_unstable();
-    let base = overhead[overhead.len() / 2];
-    let mut samples: Vec<u128> = (0..N)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_nanos().saturating_sub(base)
-        })
-        .collect();
-    samples.sort_unstable();
-    let at = |q: f64| samples[((N as f64) * q) as usize] as f64;
-    (at(0.50), at(0.99))
-}
+use ward_benches::{mesh, percentiles, request};
 
 fn report() {
     let req = request();

@@ -1,277 +1,308 @@
-//! The benchmark harness: `cargo run --release -p ward-benches -- <scenario>…` (or `all`).
+//! The benchmark harness: `cargo run --release -p ward-benches -- all` (root).
 //!
-//! Each scenario builds the two-node network-namespace topology of `ward-tests`, runs release
-//! builds of ward, measures, tears everything down, and writes a Markdown table and a JSON file
-//! under `target/bench-results/`. Scenarios so far:
-//! - `idle-memory`: proxy RSS idle, and with 1 000 and 5 000 idle tunnelled connections
-//!   (client pod → node-1 proxy → HBONE → node-2 proxy → server pod).
-//! - `l7-vs-l4`: HTTP/1.1 keep-alive load (wrk, 16 connections, 5 s) against nginx on the
-//!   server pod: directly (no proxies), through the proxies with the port declared TCP (L4),
-//!   and declared HTTP (L7: per-request authorization and forwarding).
+//! Builds the two-node network-namespace topology of `ward-tests` once (release builds of
+//! ward), then for each path — no proxy, ward, an Envoy HBONE pair, an haproxy mTLS pair, and
+//! ward and Envoy with one connection per tunnel — runs the scenarios that apply to it, each
+//! repeated, measuring the proxies' CPU and memory from `/proc` alongside:
+//! - `throughput`: iperf3, 1 and 4 streams;
+//! - `latency`: HTTP/1.1 at 1 000 and 5 000 req/s (open loop) through an L4 and an L7 port;
+//! - `http-max`: wrk, closed loop;
+//! - `conn-rate` / `tunnel-rate`: new connections per second, with pooled tunnels and with a
+//!   new mTLS connection each;
+//! - `idle-memory`: RSS idle and with 1 000 and 10 000 idle tunnelled connections;
+//! - `policy`: the policy decision with 10 000 policies (in process).
 //!
-//! It needs root (namespaces) and fails loudly when a tool is missing.
+//! Writes `target/bench-results/results.{md,json}`, tears everything down (also on failure),
+//! and exits non-zero — naming the tool — when something it needs is missing.
 #![forbid(unsafe_code)]
 
-use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Write};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+mod load;
+mod pairs;
+mod procfs;
+mod report;
+mod scenarios;
+mod topology;
 
-use ward_tests::{in_ns, Cluster, PodSpec};
+use std::process::Command;
+use std::time::Instant;
 
-const PODS: &[PodSpec] = &[
-    PodSpec {
-        name: "client",
-        node: 1,
-        namespace: "bench",
-        service_account: "client",
-        labels: &[("app", "client")],
-    },
-    PodSpec {
-        name: "server",
-        node: 2,
-        namespace: "bench",
-        service_account: "server",
-        labels: &[("app", "server")],
-    },
+use scenarios::{Measurement, Settings};
+use topology::{Bench, Mode, HTTP_L4, HTTP_L7};
+
+const SCENARIOS: &[&str] = &[
+    "throughput",
+    "latency",
+    "http-max",
+    "conn-rate",
+    "idle-memory",
+    "policy",
 ];
 
-const HOLD_PY: &str = r#"
-import asyncio, resource, sys
-soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-async def serve():
-    async def handle(r, w):
-        await r.read()
-        w.close()
-    s = await asyncio.start_server(handle, "0.0.0.0", 9100, backlog=4096)
-    print("listening", flush=True)
-    await s.serve_forever()
-async def hold(host, n):
-    conns = []
-    for i in range(n):
-        for attempt in range(50):
-            try:
-                conns.append(await asyncio.open_connection(host, 9100))
-                break
-            except OSError:
-                await asyncio.sleep(0.05)
-        else:
-            print("failed", i, flush=True)
-            return
-        if (i + 1) % 500 == 0:
-            await asyncio.sleep(0.05)
-    print("open", len(conns), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-if sys.argv[1] == "serve":
-    asyncio.run(serve())
-else:
-    asyncio.run(hold(sys.argv[2], int(sys.argv[3])))
-"#;
+const USAGE: &str = "usage: ward-benches [all | SCENARIO…] [--reps N] [--secs S] [--no-pin] [--paths ward,envoy,haproxy] [--profile DIR]
+scenarios: throughput latency http-max conn-rate (includes tunnel-rate) idle-memory policy";
+
+struct Opts {
+    scenarios: Vec<String>,
+    settings: Settings,
+    pin: bool,
+    paths: Vec<Mode>,
+}
+
+fn parse(args: &[String]) -> anyhow::Result<Opts> {
+    let mut o = Opts {
+        scenarios: Vec::new(),
+        settings: Settings {
+            reps: 3,
+            secs: 4.0,
+            profile: None,
+        },
+        pin: true,
+        paths: vec![
+            Mode::Direct,
+            Mode::Ward,
+            Mode::Envoy,
+            Mode::Haproxy,
+            Mode::WardNoPool,
+            Mode::EnvoyNoPool,
+        ],
+    };
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--reps" => o.settings.reps = value("--reps")?.parse()?,
+            "--secs" => o.settings.secs = value("--secs")?.parse()?,
+            "--no-pin" => o.pin = false,
+            "--profile" => o.settings.profile = Some(value("--profile")?.into()),
+            "--paths" => {
+                let mut paths = vec![Mode::Direct];
+                for p in value("--paths")?.split(',') {
+                    match p {
+                        "ward" => paths.extend([Mode::Ward, Mode::WardNoPool]),
+                        "envoy" => paths.extend([Mode::Envoy, Mode::EnvoyNoPool]),
+                        "haproxy" => paths.push(Mode::Haproxy),
+                        other => anyhow::bail!("unknown path {other:?}\n{USAGE}"),
+                    }
+                }
+                paths.sort();
+                o.paths = paths;
+            }
+            "all" => o.scenarios.extend(SCENARIOS.iter().map(|s| s.to_string())),
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            s if SCENARIOS.contains(&s) => o.scenarios.push(s.to_string()),
+            other => anyhow::bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if o.scenarios.is_empty() {
+        o.scenarios = SCENARIOS.iter().map(|s| s.to_string()).collect();
+    }
+    anyhow::ensure!(o.settings.reps > 0, "--reps must be at least 1");
+    Ok(o)
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let scenarios: Vec<&str> = if args.is_empty() || args.iter().any(|a| a == "all") {
-        vec!["idle-memory", "l7-vs-l4"]
-    } else {
-        args.iter().map(String::as_str).collect()
-    };
+    if args.first().map(String::as_str) == Some("__load") {
+        return load::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("shell") {
+        return shell(&args[1..]);
+    }
+    let opts = parse(&args)?;
+    let started = Instant::now();
     let out_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-results");
     std::fs::create_dir_all(&out_dir)?;
-    for s in scenarios {
-        match s {
-            "idle-memory" => idle_memory(&out_dir)?,
-            "l7-vs-l4" => l7_vs_l4(&out_dir)?,
-            other => {
-                anyhow::bail!("unknown scenario {other:?} (known: idle-memory, l7-vs-l4, all)")
+    let mut results = Vec::new();
+    let want = |s: &str| opts.scenarios.iter().any(|x| x == s);
+    if want("policy") {
+        eprintln!("== policy decision");
+        results.push(scenarios::policy_decision()?);
+    }
+    let network: Vec<&String> = opts.scenarios.iter().filter(|s| *s != "policy").collect();
+    if !network.is_empty() {
+        let mut b = Bench::new(opts.pin)?;
+        for &mode in &opts.paths {
+            let t = Instant::now();
+            b.set_mode(mode)?;
+            eprintln!(
+                "== {} (ready in {:.1} s)",
+                mode.label(),
+                t.elapsed().as_secs_f64()
+            );
+            run_path(&mut b, mode, &opts, &mut results)?;
+            write(&out_dir, &results, &opts, started)?;
+        }
+    }
+    write(&out_dir, &results, &opts, started)?;
+    println!("{}", std::fs::read_to_string(out_dir.join("results.md"))?);
+    eprintln!(
+        "results in {} ({:.0} s)",
+        out_dir.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The scenarios that apply to `mode`.
+fn run_path(
+    b: &mut Bench,
+    mode: Mode,
+    opts: &Opts,
+    results: &mut Vec<Measurement>,
+) -> anyhow::Result<()> {
+    let st = &opts.settings;
+    let want = |s: &str| opts.scenarios.iter().any(|x| x == s);
+    let mut step = |what: &str, m: anyhow::Result<Measurement>| -> anyhow::Result<()> {
+        let m = m.map_err(|e| e.context(format!("{what} through {}", mode.label())))?;
+        eprintln!("   {what}: {}", brief(&m));
+        results.push(m);
+        Ok(())
+    };
+    let pooled_pair = matches!(
+        mode,
+        Mode::Direct | Mode::Ward | Mode::Envoy | Mode::Haproxy
+    );
+    if want("throughput") && pooled_pair {
+        for streams in [1, 4] {
+            step("throughput", scenarios::throughput(b, streams, st))?;
+        }
+    }
+    if want("latency") && pooled_pair {
+        let ports: &[u16] = if mode == Mode::Ward {
+            &[HTTP_L4, HTTP_L7]
+        } else {
+            &[HTTP_L4]
+        };
+        for &port in ports {
+            for rate in [1000, 5000] {
+                step("latency", scenarios::latency(b, port, rate, st))?;
             }
         }
     }
+    if want("http-max") && pooled_pair {
+        let ports: &[u16] = if mode == Mode::Ward {
+            &[HTTP_L4, HTTP_L7]
+        } else {
+            &[HTTP_L4]
+        };
+        for &port in ports {
+            step("http-max", scenarios::http_max(b, port, st))?;
+        }
+    }
+    if want("conn-rate") {
+        step("connections", scenarios::conn_rate(b, st))?;
+    }
+    if want("idle-memory") && matches!(mode, Mode::Ward | Mode::Envoy | Mode::Haproxy) {
+        step("idle memory", scenarios::idle_memory(b))?;
+    }
     Ok(())
 }
 
-fn idle_memory(out_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut c = Cluster::new(2, PODS);
-    c.release = true;
-    c.start_ca();
-    c.write_mesh("");
-    std::fs::write(c.path("hold.py"), HOLD_PY)?;
-    let script = c.path("hold.py").display().to_string();
-    let server_ns = c.pod("server").netns.clone();
-    c.spawn(
-        "holder-server",
-        &server_ns,
-        std::path::Path::new("python3"),
-        &[&script, "serve"],
+/// `ward-benches shell [ward|ward-no-pool|envoy|haproxy|direct]`: builds the topology with one
+/// path and waits (until stdin closes), for looking at it by hand.
+fn shell(args: &[String]) -> anyhow::Result<()> {
+    let mode = match args.first().map(String::as_str).unwrap_or("ward") {
+        "direct" => Mode::Direct,
+        "ward" => Mode::Ward,
+        "ward-no-pool" => Mode::WardNoPool,
+        "envoy" => Mode::Envoy,
+        "envoy-no-pool" => Mode::EnvoyNoPool,
+        "haproxy" => Mode::Haproxy,
+        other => anyhow::bail!("unknown path {other:?}"),
+    };
+    let pin = !args.iter().any(|a| a == "--no-pin");
+    let mut b = Bench::new(pin)?;
+    b.set_mode(mode)?;
+    println!(
+        "{}: client pod netns {} → server {} (ports {HTTP_L4} L4, {HTTP_L7} L7, 5201 iperf3); nodes {} / {}; proxy PIDs {:?}; files in {}",
+        mode.label(),
+        b.client_ns(),
+        b.c.pod("server").ip,
+        b.c.ns("n1"),
+        b.c.ns("n2"),
+        b.proxy_pids(),
+        b.c.dir.path().display()
     );
-    c.start_proxy(1, &[]);
-    c.start_proxy(2, &[]);
-    std::thread::sleep(Duration::from_secs(1));
-    let mut rows = vec![("idle".to_string(), c.proxy_rss_kib(1), c.proxy_rss_kib(2))];
-    let server_ip = c.pod("server").ip.clone();
-    let mut holders = Vec::new();
-    let mut total = 0;
-    for target in [1000usize, 5000] {
-        let n = target - total;
-        let mut child = in_ns(&c.pod("client").netns, "python3")
-            .args([&script, "hold", &server_ip, &n.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let mut line = String::new();
-        let started = Instant::now();
-        BufReader::new(
-            child
-                .stdout
-                .take()
-                .ok_or_else(|| anyhow::anyhow!("no stdout"))?,
-        )
-        .read_line(&mut line)?;
-        anyhow::ensure!(
-            line.starts_with("open"),
-            "opening {n} connections failed: {line}"
-        );
-        total = target;
-        std::thread::sleep(Duration::from_secs(2));
-        rows.push((
-            format!(
-                "{total} idle tunnelled connections (opened in {:.1} s)",
-                started.elapsed().as_secs_f64()
-            ),
-            c.proxy_rss_kib(1),
-            c.proxy_rss_kib(2),
-        ));
-        holders.push(child);
-    }
-    let dump = c.admin(1, "/config_dump");
-    for mut h in holders {
-        if let Some(mut stdin) = h.stdin.take() {
-            let _ = stdin.write_all(b"");
-        }
-        let _ = h.kill();
-        let _ = h.wait();
-    }
-    let mut md = String::from("| state | node-1 proxy RSS (MiB, client side) | node-2 proxy RSS (MiB, server side) |\n|---|---:|---:|\n");
-    for (state, a, b) in &rows {
-        let _ = writeln!(
-            md,
-            "| {state} | {:.1} | {:.1} |",
-            *a as f64 / 1024.0,
-            *b as f64 / 1024.0
-        );
-    }
-    let d1 = rows[2].1 as f64 - rows[0].1 as f64;
-    let d2 = rows[2].2 as f64 - rows[0].2 as f64;
-    let _ = writeln!(md, "\nPer idle connection: {:.1} KiB (client side), {:.1} KiB (server side); pooled HBONE connections on node-1: {}.", d1 / 5000.0, d2 / 5000.0, dump["pooledTunnels"]);
-    println!("{md}");
-    std::fs::write(out_dir.join("idle-memory.md"), &md)?;
-    let json = serde_json::json!({
-        "scenario": "idle-memory",
-        "rows": rows.iter().map(|(s, a, b)| serde_json::json!({"state": s, "node1_rss_kib": a, "node2_rss_kib": b})).collect::<Vec<_>>(),
-    });
+    println!("close stdin (Ctrl-D) to tear down");
+    let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    Ok(())
+}
+
+fn brief(m: &Measurement) -> String {
+    let mut keys: Vec<&str> = m
+        .samples
+        .first()
+        .map(|s| s.keys().copied().collect())
+        .unwrap_or_default();
+    keys.retain(|k| !k.starts_with("peak_rss"));
+    let parts: Vec<String> = keys
+        .iter()
+        .filter_map(|k| report::median(m, k).map(|v| format!("{k}={v:.3}")))
+        .collect();
+    format!("{} — {}", m.variant, parts.join(" "))
+}
+
+fn machine() -> String {
+    let sh = |c: &str| {
+        Command::new("sh")
+            .args(["-c", c])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    };
+    format!(
+        "Machine: {} × {} ({}), Linux {}, {}. Tools: {}; {}; {}; {}.",
+        sh("nproc"),
+        sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        sh("grep MemTotal /proc/meminfo | awk '{printf \"%.0f GiB\", $2/1048576}'"),
+        sh("uname -r"),
+        sh("date -u +%Y-%m-%d"),
+        sh("iperf3 --version | head -1 | cut -d' ' -f1-2"),
+        sh("nginx -v 2>&1"),
+        sh("haproxy -v | head -1 | cut -d' ' -f1-3"),
+        sh(&format!(
+            "{} --version | grep -o 'version: [^ ]*' | head -1 | sed 's/^/Envoy /'",
+            ward_tests::envoy().display()
+        )),
+    )
+}
+
+fn write(
+    out_dir: &std::path::Path,
+    results: &[Measurement],
+    opts: &Opts,
+    started: Instant,
+) -> anyhow::Result<()> {
+    let machine = machine();
+    let settings = format!(
+        "Each scenario: {} repetitions of {} s (median, min–max in parentheses); {}; whole run {:.0} s.",
+        opts.settings.reps,
+        opts.settings.secs,
+        if opts.pin {
+            "load generators and servers pinned to CPU 0, every proxy to CPU 1 (Envoy --concurrency 1, haproxy nbthread 1, ward's runtime sized to its one CPU)"
+        } else {
+            "no CPU pinning"
+        },
+        started.elapsed().as_secs_f64()
+    );
     std::fs::write(
-        out_dir.join("idle-memory.json"),
-        serde_json::to_string_pretty(&json)?,
+        out_dir.join("results.md"),
+        report::markdown(results, &machine, &settings),
     )?;
-    Ok(())
-}
-
-/// One wrk run: requests/s and the p50/p99 latency in µs.
-fn wrk(c: &Cluster, url: &str) -> anyhow::Result<(f64, f64, f64)> {
-    let o = in_ns(&c.pod("client").netns, "wrk")
-        .args(["-t1", "-c16", "-d5s", "--latency", url])
-        .output()
-        .map_err(|e| anyhow::anyhow!("wrk is missing (apt-get install -y wrk): {e}"))?;
-    let out = String::from_utf8_lossy(&o.stdout).into_owned();
-    anyhow::ensure!(
-        o.status.success() && !out.contains("Non-2xx"),
-        "wrk failed or saw errors:\n{out}"
-    );
-    let us = |v: &str| -> Option<f64> {
-        let (n, unit) = v.split_at(v.find(|ch: char| ch.is_ascii_alphabetic())?);
-        let n: f64 = n.parse().ok()?;
-        Some(match unit {
-            "us" => n,
-            "ms" => n * 1e3,
-            "s" => n * 1e6,
-            _ => return None,
-        })
-    };
-    let find = |prefix: &str| {
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix(prefix).map(|r| r.trim().to_owned()))
-    };
-    let rps = find("Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in:\n{out}"))?;
-    let p50 = find("50%")
-        .and_then(|v| us(&v))
-        .ok_or_else(|| anyhow::anyhow!("no p50 in:\n{out}"))?;
-    let p99 = find("99%")
-        .and_then(|v| us(&v))
-        .ok_or_else(|| anyhow::anyhow!("no p99 in:\n{out}"))?;
-    Ok((rps, p50, p99))
-}
-
-fn l7_vs_l4(out_dir: &std::path::Path) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    for (mode, proxies, protocol) in [
-        ("direct (no proxy)", false, "tcp"),
-        ("ward L4 (port declared tcp)", true, "tcp"),
-        ("ward L7 (port declared http)", true, "http"),
-    ] {
-        let mut c = Cluster::new(2, PODS);
-        c.release = true;
-        c.web_protocol = protocol;
-        c.start_ca();
-        c.write_mesh("");
-        let conf = c.path("nginx.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log stderr;\nevents {{}}\nhttp {{\n access_log off;\n keepalive_requests 1000000;\n server {{ listen 8080; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n",
-                dir = c.dir.path().display()
-            ),
-        )?;
-        let server_ns = c.pod("server").netns.clone();
-        let conf_s = conf.display().to_string();
-        let prefix = c.dir.path().display().to_string();
-        c.spawn(
-            "nginx",
-            &server_ns,
-            std::path::Path::new("nginx"),
-            &["-c", &conf_s, "-p", &prefix],
-        );
-        if proxies {
-            c.start_proxy(1, &[]);
-            c.start_proxy(2, &[]);
-        }
-        std::thread::sleep(Duration::from_millis(500));
-        let url = format!("http://{}:8080/", c.pod("server").ip);
-        let (rps, p50, p99) = wrk(&c, &url)?;
-        rows.push((mode, rps, p50, p99));
-    }
-    let direct = rows[0].1;
-    let mut md = String::from(
-        "| path | req/s | ratio to direct | p50 (µs) | p99 (µs) |\n|---|---:|---:|---:|---:|\n",
-    );
-    for (mode, rps, p50, p99) in &rows {
-        let _ = writeln!(
-            md,
-            "| {mode} | {rps:.0} | {:.2} | {p50:.0} | {p99:.0} |",
-            rps / direct
-        );
-    }
-    println!("{md}");
-    std::fs::write(out_dir.join("l7-vs-l4.md"), &md)?;
     let json = serde_json::json!({
-        "scenario": "l7-vs-l4",
-        "load": "wrk -t1 -c16 -d5s, HTTP/1.1 keep-alive, nginx `return 200`",
-        "rows": rows.iter().map(|(m, r, a, b)| serde_json::json!({"path": m, "rps": r, "p50_us": a, "p99_us": b})).collect::<Vec<_>>(),
+        "machine": machine,
+        "settings": settings,
+        "bars": report::bars(results),
+        "measurements": results,
     });
     std::fs::write(
-        out_dir.join("l7-vs-l4.json"),
+        out_dir.join("results.json"),
         serde_json::to_string_pretty(&json)?,
     )?;
     Ok(())

@@ -52,6 +52,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Let paths with `%2F`, `%5C`, `\` or `;` through L7 ports instead of answering 400.
     pub allow_ambiguous_paths: bool,
+    /// Share HBONE connections between tunnels (off: one mTLS connection per tunnel).
+    pub tunnel_pooling: bool,
 }
 
 /// What every connection task shares.
@@ -99,7 +101,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         state.clone(),
     );
     tokio::spawn(certs.clone().run());
-    let pool = pool::Pool::new(state.clone(), certs.clone());
+    let pool = pool::Pool::new(state.clone(), certs.clone(), cfg.tunnel_pooling);
     let ctx = Arc::new(Ctx {
         state: state.clone(),
         certs,

