@@ -168,38 +168,38 @@ fn run_path(
         mode,
         Mode::Direct | Mode::Ward | Mode::Envoy | Mode::Haproxy
     );
+    let memory = matches!(mode, Mode::Ward | Mode::Envoy | Mode::Haproxy);
+    // First, while the proxies have never carried traffic.
+    if want("idle-memory") && memory {
+        step("idle memory", scenarios::idle_memory(b))?;
+    }
+    let l7_too: &[u16] = if mode == Mode::Ward {
+        &[HTTP_L4, HTTP_L7]
+    } else {
+        &[HTTP_L4]
+    };
     if want("throughput") && pooled_pair {
         for streams in [1, 4] {
             step("throughput", scenarios::throughput(b, streams, st))?;
         }
     }
     if want("latency") && pooled_pair {
-        let ports: &[u16] = if mode == Mode::Ward {
-            &[HTTP_L4, HTTP_L7]
-        } else {
-            &[HTTP_L4]
-        };
-        for &port in ports {
+        for &port in l7_too {
             for rate in [1000, 5000] {
                 step("latency", scenarios::latency(b, port, rate, st))?;
             }
         }
     }
     if want("http-max") && pooled_pair {
-        let ports: &[u16] = if mode == Mode::Ward {
-            &[HTTP_L4, HTTP_L7]
-        } else {
-            &[HTTP_L4]
-        };
-        for &port in ports {
+        for &port in l7_too {
             step("http-max", scenarios::http_max(b, port, st))?;
         }
     }
     if want("conn-rate") {
         step("connections", scenarios::conn_rate(b, st))?;
     }
-    if want("idle-memory") && matches!(mode, Mode::Ward | Mode::Envoy | Mode::Haproxy) {
-        step("idle memory", scenarios::idle_memory(b))?;
+    if want("idle-memory") && memory {
+        step("retained memory", scenarios::retained_memory(b))?;
     }
     Ok(())
 }

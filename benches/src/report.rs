@@ -209,7 +209,7 @@ pub fn bars(all: &[Measurement]) -> Vec<Bar> {
     };
     let max_of = |mode: Mode, keys: &[&str]| {
         all.iter()
-            .filter(|m| m.mode == mode && m.scenario != "idle-memory")
+            .filter(|m| m.mode == mode && !matches!(m.scenario, "idle-memory" | "retained"))
             .flat_map(|m| keys.iter().filter_map(|k| median(m, k)))
             .reduce(f64::max)
     };
@@ -417,7 +417,7 @@ pub fn markdown(all: &[Measurement], machine: &str, settings: &str) -> String {
             col("CPU µs/conn node-2", "cpu_us_per_conn_node2"),
         ],
     );
-    out.push_str("## Proxy memory with idle tunnelled connections (VmRSS)\n\n");
+    out.push_str("## Proxy memory with idle tunnelled connections (VmRSS, measured first on a fresh path)\n\n");
     table(
         &mut out,
         all,
@@ -431,7 +431,17 @@ pub fn markdown(all: &[Measurement], machine: &str, settings: &str) -> String {
             col("10 000 conns MiB node-2", "conns10000_mib_node2"),
             col("KiB/conn node-1", "kib_per_conn_node1"),
             col("KiB/conn node-2", "kib_per_conn_node2"),
+            col("closed again MiB node-1", "closed_mib_node1"),
+            col("closed again MiB node-2", "closed_mib_node2"),
         ],
+    );
+    out.push_str("## Proxy memory after all load scenarios (idle again)\n\n");
+    table(
+        &mut out,
+        all,
+        "retained",
+        col("RSS MiB node-1", "rss_mib_node1"),
+        &[col("RSS MiB node-2", "rss_mib_node2")],
     );
     out.push_str("## Policy decision (in process)\n\n");
     for m in all.iter().filter(|m| m.scenario == "policy") {

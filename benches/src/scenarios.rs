@@ -277,6 +277,7 @@ pub fn http_max(b: &Bench, port: u16, st: &Settings) -> anyhow::Result<Measureme
     let pids = b.proxy_pids();
     let mut samples = Vec::new();
     for rep in 0..st.reps {
+        reset_peaks(&pids)?;
         let profile = Profile::start(b, st, rep, &format!("http-max-{port}"))?;
         let url = format!("http://{}/", b.server(port));
         let secs = format!("{}s", st.secs.ceil() as u64);
@@ -348,6 +349,7 @@ pub fn conn_rate(b: &Bench, st: &Settings) -> anyhow::Result<Measurement> {
     let pids = b.proxy_pids();
     let mut samples = Vec::new();
     for rep in 0..st.reps {
+        reset_peaks(&pids)?;
         let profile = Profile::start(b, st, rep, &format!("{:?}-conn-rate", b.mode))?;
         let args = [
             "conn-rate".to_string(),
@@ -385,21 +387,23 @@ pub fn conn_rate(b: &Bench, st: &Settings) -> anyhow::Result<Measurement> {
     })
 }
 
-/// Proxy RSS idle, then with 1 000 and 10 000 idle tunnelled connections (held open until the
-/// path changes).
+fn rss_mib(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
+    pids.iter()
+        .map(|&p| Ok(procfs::rss_kib(p)? as f64 / MIB))
+        .collect()
+}
+
+/// Proxy RSS on a freshly started path (configuration and certificates, no connection yet),
+/// then with 1 000 and 10 000 idle tunnelled connections, then once they are closed again.
+/// Run it first on a path: "idle" means never loaded.
 pub fn idle_memory(b: &mut Bench) -> anyhow::Result<Measurement> {
     let pids = b.proxy_pids();
     std::thread::sleep(Duration::from_secs(1));
-    let rss = |pids: &[u32]| -> anyhow::Result<Vec<f64>> {
-        pids.iter()
-            .map(|&p| Ok(procfs::rss_kib(p)? as f64 / MIB))
-            .collect()
-    };
-    let idle = rss(&pids)?;
+    let idle = rss_mib(&pids)?;
     let mut s = Sample::from([("idle_mib_node1", idle[0]), ("idle_mib_node2", idle[1])]);
     let took = b.hold(1000)?;
     std::thread::sleep(Duration::from_secs(2));
-    let k1 = rss(&pids)?;
+    let k1 = rss_mib(&pids)?;
     s.insert("conns1000_mib_node1", k1[0]);
     s.insert("conns1000_mib_node2", k1[1]);
     s.insert("open1000_s", took.as_secs_f64());
@@ -413,19 +417,40 @@ pub fn idle_memory(b: &mut Bench) -> anyhow::Result<Measurement> {
     } else {
         let took = b.hold(9000)?;
         std::thread::sleep(Duration::from_secs(3));
-        let k10 = rss(&pids)?;
+        let k10 = rss_mib(&pids)?;
         s.insert("conns10000_mib_node1", k10[0]);
         s.insert("conns10000_mib_node2", k10[1]);
         s.insert("open10000_s", took.as_secs_f64());
         s.insert("kib_per_conn_node1", (k10[0] - idle[0]) * MIB / 10_000.0);
         s.insert("kib_per_conn_node2", (k10[1] - idle[1]) * MIB / 10_000.0);
     }
+    b.release_holders();
+    std::thread::sleep(Duration::from_secs(3));
+    let after = rss_mib(&pids)?;
+    s.insert("closed_mib_node1", after[0]);
+    s.insert("closed_mib_node2", after[1]);
     Ok(Measurement {
         scenario: "idle-memory",
         variant: "idle tunnelled connections".into(),
         mode: b.mode,
         samples: vec![s],
         note,
+    })
+}
+
+/// Proxy RSS once every load scenario of a path has finished (what stays resident).
+pub fn retained_memory(b: &Bench) -> anyhow::Result<Measurement> {
+    std::thread::sleep(Duration::from_secs(2));
+    let rss = rss_mib(&b.proxy_pids())?;
+    Ok(Measurement {
+        scenario: "retained",
+        variant: "after the load scenarios".into(),
+        mode: b.mode,
+        samples: vec![Sample::from([
+            ("rss_mib_node1", rss[0]),
+            ("rss_mib_node2", rss[1]),
+        ])],
+        note: None,
     })
 }
 

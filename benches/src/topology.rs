@@ -469,7 +469,8 @@ impl Bench {
         Ok(started.elapsed())
     }
 
-    fn release_holders(&mut self) {
+    /// Closes every connection opened by [`Bench::hold`].
+    pub fn release_holders(&mut self) {
         for mut h in self.holders.drain(..) {
             if let Some(mut stdin) = h.stdin.take() {
                 let _ = stdin.write_all(b"");

@@ -1,10 +1,20 @@
 //! Access logs: one JSON line per connection on stdout. The data path hands a record to a
 //! bounded queue and never waits; if the writer falls behind, records are dropped and counted.
+//!
+//! The writer wakes every [`BATCH_INTERVAL`] and writes everything queued with one flush, so
+//! logging costs no thread wake-up (and no write syscall) per connection: at thousands of
+//! connections per second those wake-ups, not the formatting, were the expensive part.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
+
+/// How long a record may wait in the queue before it is written.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(20);
+/// Queue capacity: at 20 ms batches, room for ~400 000 connections per second.
+const QUEUE: usize = 8192;
 
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Record {
@@ -53,27 +63,22 @@ pub struct AccessLog {
 impl AccessLog {
     /// Starts the writer task.
     pub fn start() -> Self {
-        let (tx, mut rx) = mpsc::channel::<Record>(4096);
+        let (tx, mut rx) = mpsc::channel::<Record>(QUEUE);
         tokio::task::spawn_blocking(move || {
-            let stdout = std::io::stdout();
-            while let Some(rec) = rx.blocking_recv() {
-                #[derive(serde::Serialize)]
-                struct Line<'a> {
-                    ts: String,
-                    kind: &'static str,
-                    #[serde(flatten)]
-                    rec: &'a Record,
-                }
-                let line = Line {
-                    ts: jiff::Timestamp::now().to_string(),
-                    kind: "ward.access",
-                    rec: &rec,
+            let mut out = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout().lock());
+            loop {
+                // Blocks only while the queue is empty; then takes whatever else arrived
+                // within one batch interval.
+                let Some(first) = rx.blocking_recv() else {
+                    return;
                 };
-                let mut out = stdout.lock();
-                if serde_json::to_writer(&mut out, &line).is_ok() {
-                    let _ = out.write_all(b"\n");
-                    let _ = out.flush();
+                std::thread::sleep(BATCH_INTERVAL);
+                let mut next = Some(first);
+                while let Some(rec) = next {
+                    write_line(&mut out, &rec);
+                    next = rx.try_recv().ok();
                 }
+                let _ = out.flush();
             }
         });
         Self {
@@ -86,5 +91,23 @@ impl AccessLog {
         if self.tx.try_send(rec).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+fn write_line(out: &mut impl Write, rec: &Record) {
+    #[derive(serde::Serialize)]
+    struct Line<'a> {
+        ts: String,
+        kind: &'static str,
+        #[serde(flatten)]
+        rec: &'a Record,
+    }
+    let line = Line {
+        ts: jiff::Timestamp::now().to_string(),
+        kind: "ward.access",
+        rec,
+    };
+    if serde_json::to_writer(&mut *out, &line).is_ok() {
+        let _ = out.write_all(b"\n");
     }
 }

@@ -9,15 +9,14 @@
 //! Plaintext capture: the original destination must be a local workload; STRICT refuses before
 //! policy, PERMISSIVE evaluates policy with no identity.
 
-use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use h2::server::SendResponse;
+use h2::RecvStream;
+use http::StatusCode;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use ward_lib_api::config::{Snapshot, Workload};
@@ -25,6 +24,7 @@ use ward_lib_identity::SpiffeId;
 use ward_lib_policy::{Attributes, MtlsMode, PeerIdentity};
 
 use crate::accesslog::Record;
+use crate::hbone::{self, Tunnel};
 use crate::{relay, socket, tls, Ctx};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -43,7 +43,8 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
     let Some(acceptor) = hbone_acceptor(&ctx, &snap.trust_domain) else {
         return;
     };
-    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+    let accepted = acceptor.accept(tcp);
+    let tls_stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, accepted).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = tls::handshake_reason(&e);
@@ -66,30 +67,18 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
     let peer = Arc::new(PeerIdentity::from_spiffe_id(&client_id));
     let client_id = Arc::new(client_id);
     let server_id = Arc::new(server_id);
-    let svc_ctx = ctx.clone();
-    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-        let ctx = svc_ctx.clone();
-        let peer = peer.clone();
-        let client_id = client_id.clone();
-        let server_id = server_id.clone();
-        async move {
-            Ok::<_, Infallible>(
-                connect_stream(ctx, req, &peer, &client_id, &server_id, peer_addr).await,
-            )
-        }
+    let handled = hbone::serve(tls_stream, |req, respond| {
+        connect_stream(
+            ctx.clone(),
+            req,
+            respond,
+            peer.clone(),
+            client_id.clone(),
+            server_id.clone(),
+            peer_addr,
+        )
     });
-    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .max_header_list_size(16 * 1024)
-        .max_concurrent_streams(1024)
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(256 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .serve_connection(TokioIo::new(tls_stream), svc)
-        .await;
-    if let Err(e) = served {
+    if let Err(e) = handled.await {
         tracing::debug!(peer = %peer_addr, error = %e, "HBONE connection ended with an error");
     }
 }
@@ -119,157 +108,133 @@ fn hbone_acceptor(
     }
 }
 
-fn status(code: http::StatusCode) -> http::Response<Empty<Bytes>> {
-    let mut r = http::Response::new(Empty::new());
-    *r.status_mut() = code;
-    r
-}
-
-/// One CONNECT stream.
-async fn connect_stream(
+/// One CONNECT stream: answered (and logged) here; an accepted one is relayed on this task.
+pub(crate) async fn connect_stream(
     ctx: Arc<Ctx>,
-    mut req: http::Request<Incoming>,
-    peer: &PeerIdentity,
-    client_id: &SpiffeId,
-    server_id: &SpiffeId,
+    req: http::Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    peer: Arc<PeerIdentity>,
+    client_id: Arc<SpiffeId>,
+    server_id: Arc<SpiffeId>,
     peer_addr: SocketAddr,
-) -> http::Response<Empty<Bytes>> {
+) {
     let started = Instant::now();
     let mut rec = Record::new("inbound", peer_addr.ip().to_string(), String::new());
     rec.src_identity = Some(client_id.to_string());
     rec.dst_identity = Some(server_id.to_string());
-    let refuse = |ctx: &Ctx, mut rec: Record, code: http::StatusCode, reason: String| {
+    let refuse = |ctx: &Ctx, mut rec: Record, respond, code: StatusCode, reason: String| {
         rec.reason = reason;
         ctx.log.log(rec);
-        status(code)
+        hbone::respond(respond, code);
     };
     if ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return refuse(
-            &ctx,
-            rec,
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "proxy is draining".into(),
-        );
+        let reason = "proxy is draining".into();
+        return refuse(&ctx, rec, respond, StatusCode::SERVICE_UNAVAILABLE, reason);
     }
     if req.method() != http::Method::CONNECT {
-        return refuse(
-            &ctx,
-            rec,
-            http::StatusCode::BAD_REQUEST,
-            format!("method {} is not CONNECT", req.method()),
-        );
+        let reason = format!("method {} is not CONNECT", req.method());
+        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
     }
     let Some(target) = req
         .uri()
         .authority()
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
-        return refuse(
-            &ctx,
-            rec,
-            http::StatusCode::BAD_REQUEST,
-            format!("authority {:?} is not ip:port", req.uri().to_string()),
-        );
+        let reason = format!("authority {:?} is not ip:port", req.uri().to_string());
+        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
     };
     rec.dst = target.to_string();
     let Some(snap) = ctx.state.snapshot() else {
-        return refuse(
-            &ctx,
-            rec,
-            http::StatusCode::SERVICE_UNAVAILABLE,
-            "no configuration yet".into(),
-        );
+        let reason = "no configuration yet".into();
+        return refuse(&ctx, rec, respond, StatusCode::SERVICE_UNAVAILABLE, reason);
     };
     let Some(w) = local_workload(&snap, &ctx.state.node, target.ip()) else {
-        return refuse(
-            &ctx,
-            rec,
-            http::StatusCode::BAD_REQUEST,
-            format!("{} is not a workload on this node", target.ip()),
-        );
+        let reason = format!("{} is not a workload on this node", target.ip());
+        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
     };
     rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
-    if &w.identity != server_id {
-        return refuse(
-            &ctx,
-            rec,
-            http::StatusCode::BAD_REQUEST,
-            format!(
-                "the tunnel is for {server_id}, but {} runs as {}",
-                target.ip(),
-                w.identity
-            ),
+    if w.identity != *server_id {
+        let reason = format!(
+            "the tunnel is for {server_id}, but {} runs as {}",
+            target.ip(),
+            w.identity
         );
+        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
     }
-    let source_ip = forwarded_for(&req, &snap, client_id).unwrap_or(peer_addr.ip());
+    let source_ip = forwarded_for(&req, &snap, &client_id).unwrap_or(peer_addr.ip());
     rec.src = source_ip.to_string();
+    let recv = req.into_body();
     if w.is_http_port(target.port()) {
-        // HTTP port: every request is authorized (and forwarded) by the L7 layer.
-        rec.decision = "allow";
-        rec.reason = "HTTP port: requests authorized individually".into();
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let (registration, _cancel) =
-            ctx.conns
-                .register(Some(peer.clone()), source_ip, target, true);
+        // HTTP port: every request is authorized (and forwarded) by the L7 layer. Boxed: its
+        // state is large and lives on the heap, keeping this future small.
+        let Some(send) = hbone::respond(respond, StatusCode::OK) else {
+            return;
+        };
+        let io = relay::TunnelIo::new(Tunnel { send, recv });
         let caller = crate::l7::Caller {
-            peer: Some(peer.clone()),
+            peer: Some((*peer).clone()),
             source_ip,
             target,
             workload: w.clone(),
         };
-        let ctx2 = ctx.clone();
-        tokio::spawn(async move {
-            let _registration = registration;
-            if let Ok(up) = on_upgrade.await {
-                Box::pin(crate::l7::serve(ctx2.clone(), TokioIo::new(up), caller)).await;
-            }
-            rec.duration_ms = started.elapsed().as_millis() as u64;
-            ctx2.log.log(rec);
-        });
-        return status(http::StatusCode::OK);
+        return Box::pin(serve_l7(ctx, io, caller, rec, started)).await;
     }
-    let attrs = Attributes::tcp(Some(peer), source_ip, target, jiff::Timestamp::now());
+    let attrs = Attributes::tcp(Some(&peer), source_ip, target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();
     if !decision.allowed {
         ctx.log.log(rec);
-        return status(http::StatusCode::UNAUTHORIZED);
+        hbone::respond(respond, StatusCode::UNAUTHORIZED);
+        return;
     }
     let upstream = match socket::connect(target, UPSTREAM_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
-            return refuse(
-                &ctx,
-                rec,
-                http::StatusCode::SERVICE_UNAVAILABLE,
-                format!("connecting to {target}: {e}"),
-            );
+            let reason = format!("connecting to {target}: {e}");
+            return refuse(&ctx, rec, respond, StatusCode::SERVICE_UNAVAILABLE, reason);
         }
     };
+    let Some(send) = hbone::respond(respond, StatusCode::OK) else {
+        return;
+    };
     rec.decision = "allow";
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let (registration, cancel) = ctx
-        .conns
-        .register(Some(peer.clone()), source_ip, target, false);
-    let ctx2 = ctx.clone();
-    tokio::spawn(async move {
-        let _registration = registration;
-        match on_upgrade.await {
-            Ok(up) => {
-                let out = relay::splice(&ctx2, TokioIo::new(up), upstream, Some(cancel)).await;
-                rec.bytes_received = out.a_to_b;
-                rec.bytes_sent = out.b_to_a;
-                if out.ended_by != "closed" {
-                    rec.reason = format!("{}; closed: {}", rec.reason, out.ended_by);
-                }
-            }
-            Err(e) => rec.reason = format!("{}; upgrade failed: {e}", rec.reason),
-        }
-        rec.duration_ms = started.elapsed().as_millis() as u64;
-        ctx2.log.log(rec);
-    });
-    status(http::StatusCode::OK)
+    let (_registration, cancel) =
+        ctx.conns
+            .register(Some((*peer).clone()), source_ip, target, false);
+    // Boxed: the relay is the long-lived part; the set-up state above is not kept alongside.
+    let out = Box::pin(relay::splice_tunnel(
+        &ctx,
+        upstream,
+        Tunnel { send, recv },
+        Some(cancel),
+    ))
+    .await;
+    // The socket is `a` here: a → b is what the workload sent back to the caller.
+    rec.bytes_sent = out.a_to_b;
+    rec.bytes_received = out.b_to_a;
+    if out.ended_by != "closed" {
+        rec.reason = format!("{}; closed: {}", rec.reason, out.ended_by);
+    }
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    ctx.log.log(rec);
+}
+
+async fn serve_l7(
+    ctx: Arc<Ctx>,
+    io: relay::TunnelIo,
+    caller: crate::l7::Caller,
+    mut rec: Record,
+    started: Instant,
+) {
+    rec.decision = "allow";
+    rec.reason = "HTTP port: requests authorized individually".into();
+    let (_registration, _cancel) =
+        ctx.conns
+            .register(caller.peer.clone(), caller.source_ip, caller.target, true);
+    crate::l7::serve(ctx.clone(), io, caller).await;
+    rec.duration_ms = started.elapsed().as_millis() as u64;
+    ctx.log.log(rec);
 }
 
 fn local_workload<'s>(snap: &'s Snapshot, node: &str, ip: IpAddr) -> Option<&'s Arc<Workload>> {
@@ -279,7 +244,7 @@ fn local_workload<'s>(snap: &'s Snapshot, node: &str, ip: IpAddr) -> Option<&'s 
 /// The client's original address from `Forwarded: for="ip"`, trusted only if that address is a
 /// workload running as the authenticated peer identity (a peer cannot claim another's address).
 fn forwarded_for(
-    req: &http::Request<Incoming>,
+    req: &http::Request<RecvStream>,
     snap: &Snapshot,
     client: &SpiffeId,
 ) -> Option<IpAddr> {

@@ -16,6 +16,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod certs;
 pub mod conns;
+pub mod hbone;
 pub mod inbound;
 pub mod l7;
 pub mod outbound;

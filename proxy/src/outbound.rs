@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -73,10 +72,10 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
             )
             .await
             {
-                Ok((up, _slot)) => {
+                Ok((tunnel, _slot)) => {
                     rec.decision = "allow";
                     rec.reason = format!("tunnel via {}", w.hbone);
-                    let out = relay::splice(&ctx, tcp, TokioIo::new(up), None).await;
+                    let out = relay::splice_tunnel(&ctx, tcp, tunnel, None).await;
                     rec.bytes_sent = out.a_to_b;
                     rec.bytes_received = out.b_to_a;
                 }

@@ -16,15 +16,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper::client::conn::http2;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::sign::CertifiedKey;
 use tokio::time::Instant;
 use ward_lib_identity::SpiffeId;
 
 use crate::certs::CertManager;
+use crate::hbone::{self, Tunnel};
 use crate::socket;
 use crate::state::State;
 use crate::tls;
@@ -48,10 +45,8 @@ pub enum TunnelError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("HTTP/2 with {0}: {1}")]
-    Http(SocketAddr, hyper::Error),
-    #[error("tunnel refused by {0}: HTTP {1}")]
-    Refused(SocketAddr, http::StatusCode),
+    #[error("HBONE with {0}: {1}")]
+    Hbone(SocketAddr, hbone::OpenError),
     #[error("building the TLS configuration: {0}")]
     Config(String),
 }
@@ -59,7 +54,7 @@ pub enum TunnelError {
 type Key = (SpiffeId, SpiffeId, SocketAddr);
 
 struct Pooled {
-    sender: http2::SendRequest<Empty<Bytes>>,
+    client: hbone::Client,
     streams: Arc<AtomicUsize>,
     last_used: Instant,
 }
@@ -73,10 +68,18 @@ impl Drop for StreamSlot {
     }
 }
 
+/// A client TLS configuration for (source, destination), valid while the source's certificate
+/// is the one it was built with.
+struct CachedConfig {
+    cert: Arc<CertifiedKey>,
+    config: Arc<rustls::ClientConfig>,
+}
+
 pub struct Pool {
     state: Arc<State>,
     certs: Arc<CertManager>,
     conns: Mutex<HashMap<Key, Vec<Pooled>>>,
+    configs: Mutex<HashMap<(SpiffeId, SpiffeId), CachedConfig>>,
     pooling: bool,
 }
 
@@ -87,6 +90,7 @@ impl Pool {
             state,
             certs,
             conns: Mutex::new(HashMap::new()),
+            configs: Mutex::new(HashMap::new()),
             pooling,
         })
     }
@@ -100,60 +104,73 @@ impl Pool {
         proxy: SocketAddr,
         target: SocketAddr,
         client_ip: IpAddr,
-    ) -> Result<(Upgraded, StreamSlot), TunnelError> {
+    ) -> Result<(Tunnel, StreamSlot), TunnelError> {
         let key = (src.clone(), dst.clone(), proxy);
         let checked_out = if self.pooling {
             self.checkout(&key)
         } else {
             None
         };
-        let (mut sender, slot) = match checked_out {
+        let (client, slot) = match checked_out {
             Some(s) => s,
             None => self.dial(&key).await?,
         };
-        let req = http::Request::builder()
-            .method(http::Method::CONNECT)
-            .uri(target.to_string())
-            .header("forwarded", format!("for=\"{client_ip}\""))
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| TunnelError::Config(e.to_string()))?;
-        let resp = sender
-            .send_request(req)
+        let tunnel = client
+            .open(target, client_ip)
             .await
-            .map_err(|e| TunnelError::Http(proxy, e))?;
-        if resp.status() != http::StatusCode::OK {
-            return Err(TunnelError::Refused(proxy, resp.status()));
-        }
-        let up = hyper::upgrade::on(resp)
-            .await
-            .map_err(|e| TunnelError::Http(proxy, e))?;
-        Ok((up, slot))
+            .map_err(|e| TunnelError::Hbone(proxy, e))?;
+        Ok((tunnel, slot))
     }
 
     /// A pooled connection of `key` with a free stream slot, if any.
-    fn checkout(&self, key: &Key) -> Option<(http2::SendRequest<Empty<Bytes>>, StreamSlot)> {
+    fn checkout(&self, key: &Key) -> Option<(hbone::Client, StreamSlot)> {
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         let list = conns.get_mut(key)?;
-        list.retain(|c| !c.sender.is_closed());
+        list.retain(|c| !c.client.is_closed());
         let c = list
             .iter_mut()
-            .find(|c| c.sender.is_ready() && c.streams.load(Ordering::Relaxed) < MAX_STREAMS)?;
+            .find(|c| c.streams.load(Ordering::Relaxed) < MAX_STREAMS)?;
         c.last_used = Instant::now();
         c.streams.fetch_add(1, Ordering::Relaxed);
-        Some((c.sender.clone(), StreamSlot(c.streams.clone())))
+        Some((c.client.clone(), StreamSlot(c.streams.clone())))
     }
 
-    async fn dial(
+    /// The client TLS configuration for `src` → `dst`: cached, because building one (verifier,
+    /// provider, key schedule set-up) costs more than the handshake's bookkeeping; rebuilt when
+    /// `src`'s certificate is renewed. The trust bundle is read live by the verifier.
+    fn client_config(
         &self,
-        key: &Key,
-    ) -> Result<(http2::SendRequest<Empty<Bytes>>, StreamSlot), TunnelError> {
-        let (src, dst, proxy) = key;
+        src: &SpiffeId,
+        dst: &SpiffeId,
+    ) -> Result<Arc<rustls::ClientConfig>, TunnelError> {
         let cert = self
             .certs
             .get(src)
             .ok_or_else(|| TunnelError::NoCertificate(src.clone()))?;
-        let cfg = tls::client_config(self.state.bundle.clone(), cert, dst.clone())
-            .map_err(|e| TunnelError::Config(e.to_string()))?;
+        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (src.clone(), dst.clone());
+        if let Some(c) = configs.get(&key) {
+            if Arc::ptr_eq(&c.cert, &cert) {
+                return Ok(c.config.clone());
+            }
+        }
+        let config = Arc::new(
+            tls::client_config(self.state.bundle.clone(), cert.clone(), dst.clone())
+                .map_err(|e| TunnelError::Config(e.to_string()))?,
+        );
+        configs.insert(
+            key,
+            CachedConfig {
+                cert,
+                config: config.clone(),
+            },
+        );
+        Ok(config)
+    }
+
+    async fn dial(&self, key: &Key) -> Result<(hbone::Client, StreamSlot), TunnelError> {
+        let (src, dst, proxy) = key;
+        let cfg = self.client_config(src, dst)?;
         let sni = tls::sni_for(dst)
             .and_then(|s| rustls::pki_types::ServerName::try_from(s).ok())
             .ok_or_else(|| {
@@ -164,7 +181,7 @@ impl Pool {
             .map_err(|e| TunnelError::Connect(*proxy, e))?;
         let tls_stream = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(sni, tcp),
+            tokio_rustls::TlsConnector::from(cfg).connect(sni, tcp),
         )
         .await
         .map_err(|_| TunnelError::Tls {
@@ -175,27 +192,14 @@ impl Pool {
             addr: *proxy,
             source: e,
         })?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
-            .max_frame_size(256 * 1024)
-            .keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .keep_alive_while_idle(true)
-            .handshake(TokioIo::new(tls_stream))
+        let (client, driver) = hbone::client(tls_stream)
             .await
-            .map_err(|e| TunnelError::Http(*proxy, e))?;
-        let peer = *proxy;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "HBONE connection ended");
-            }
-        });
+            .map_err(|e| TunnelError::Hbone(*proxy, e.into()))?;
+        tokio::spawn(driver);
         let streams = Arc::new(AtomicUsize::new(1));
         if !self.pooling {
-            // The caller's sender is the only handle: the connection closes with its stream.
-            return Ok((sender, StreamSlot(streams)));
+            // The caller's handle is the only one: the connection closes with its stream.
+            return Ok((client, StreamSlot(streams)));
         }
         self.conns
             .lock()
@@ -203,26 +207,35 @@ impl Pool {
             .entry(key.clone())
             .or_default()
             .push(Pooled {
-                sender: sender.clone(),
+                client: client.clone(),
                 streams: streams.clone(),
                 last_used: Instant::now(),
             });
-        Ok((sender, StreamSlot(streams)))
+        Ok((client, StreamSlot(streams)))
     }
 
-    /// Drops closed pooled connections, and idle ones (no stream for [`IDLE`]); run it
-    /// periodically.
+    /// Drops closed pooled connections, and idle ones (no stream for [`IDLE`]), and cached
+    /// TLS configurations whose certificate was replaced; run it periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         for list in conns.values_mut() {
             list.retain(|c| {
-                !c.sender.is_closed()
+                !c.client.is_closed()
                     && (c.streams.load(Ordering::Relaxed) > 0
                         || now.duration_since(c.last_used) < IDLE)
             });
         }
         conns.retain(|_, l| !l.is_empty());
+        drop(conns);
+        self.configs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(src, _), c| {
+                self.certs
+                    .get(src)
+                    .is_some_and(|cur| Arc::ptr_eq(&cur, &c.cert))
+            });
     }
 
     /// Pooled connections, all keys together.

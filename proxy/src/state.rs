@@ -57,7 +57,17 @@ impl State {
     pub async fn watch_file(self: Arc<Self>, path: PathBuf, period: Duration) {
         let mut last_seen = String::new();
         loop {
-            match Inputs::read(&path) {
+            // Reading and parsing files blocks; keep it off the data path's worker threads.
+            let p = path.clone();
+            let read = tokio::task::spawn_blocking(move || Inputs::read(&p))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(ward_lib_api::config::ConfigError(format!(
+                        "reading {}: {e}",
+                        path.display()
+                    )))
+                });
+            match read {
                 Ok(inputs) if inputs.version != last_seen => {
                     last_seen = inputs.version.clone();
                     let version = inputs.version.clone();

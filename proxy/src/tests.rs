@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use crate::{accesslog, certs, conns, inbound, outbound, pool, relay, state, Ctx};
+use crate::{accesslog, certs, conns, hbone, inbound, outbound, pool, relay, state, Ctx};
 
 /// Upper bound for any per-connection task future, in bytes.
 const MAX_CONNECTION_FUTURE: usize = 2 * 1024;
@@ -45,6 +45,47 @@ async fn pair() -> (TcpStream, TcpStream) {
     (a, b)
 }
 
+/// A tunnel over an in-memory HBONE connection whose server accepts every stream.
+async fn in_memory_tunnel() -> hbone::Tunnel {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(hbone::serve(b, |_req, respond| async move {
+        let _open = hbone::respond(respond, http::StatusCode::OK);
+        std::future::pending::<()>().await;
+    }));
+    let (client, driver) = hbone::client(a).await.unwrap();
+    tokio::spawn(driver);
+    let target = "10.0.0.1:80".parse().unwrap();
+    client.open(target, target.ip()).await.unwrap()
+}
+
+/// The size of the future that serves one inbound HBONE stream, measured on a real stream.
+async fn hbone_stream_future_size(ctx: &Arc<Ctx>) -> usize {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let server_ctx = ctx.clone();
+    tokio::spawn(hbone::serve(b, move |req, respond| {
+        let td = ward_lib_identity::TrustDomain::parse("cluster.local").unwrap();
+        let id = Arc::new(ward_lib_identity::SpiffeId::for_service_account(&td, "a", "b").unwrap());
+        let peer = Arc::new(ward_lib_policy::PeerIdentity::from_spiffe_id(&id));
+        let fut = inbound::connect_stream(
+            server_ctx.clone(),
+            req,
+            respond,
+            peer,
+            id.clone(),
+            id,
+            "10.0.0.2:1".parse().unwrap(),
+        );
+        let _ = tx.send(std::mem::size_of_val(&fut));
+        fut
+    }));
+    let (client, driver) = hbone::client(a).await.unwrap();
+    tokio::spawn(driver);
+    let target = "10.0.0.1:80".parse().unwrap();
+    let _ = client.open(target, target.ip()).await;
+    rx.recv().await.unwrap()
+}
+
 #[tokio::test]
 async fn per_connection_futures_are_small() {
     let ctx = ctx().await;
@@ -66,7 +107,17 @@ async fn per_connection_futures_are_small() {
     let relay_size = std::mem::size_of_val(&splice);
     drop(splice);
     drop((d, f));
-    for (name, size) in sizes.into_iter().chain([("relay", relay_size)]) {
+    let (tcp, _other) = pair().await;
+    let tunnel = in_memory_tunnel().await;
+    let hbone_stream = hbone_stream_future_size(&ctx).await;
+    let splice = relay::splice_tunnel(&ctx, tcp, tunnel, None);
+    let tunnel_relay_size = std::mem::size_of_val(&splice);
+    drop(splice);
+    for (name, size) in sizes.into_iter().chain([
+        ("relay", relay_size),
+        ("tunnel relay", tunnel_relay_size),
+        ("HBONE stream", hbone_stream),
+    ]) {
         assert!(
             size <= MAX_CONNECTION_FUTURE,
             "{name} connection future is {size} bytes (limit {MAX_CONNECTION_FUTURE})"

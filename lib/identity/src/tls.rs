@@ -182,10 +182,16 @@ pub fn server_config(
     time: Arc<dyn rustls::time_provider::TimeProvider>,
 ) -> Result<ServerConfig, rustls::Error> {
     let verifier = Arc::new(SvidClientVerifier::new(bundle, provider.clone()));
-    Ok(ServerConfig::builder_with_details(provider, time)
+    let mut cfg = ServerConfig::builder_with_details(provider, time)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
-        .with_cert_resolver(certs))
+        .with_cert_resolver(certs);
+    // No resumption: every connection proves a current SVID against the current bundle (a
+    // resumed session would carry an identity verified under an older bundle), and unused
+    // tickets cost a flight and CPU on every handshake.
+    cfg.send_tls13_tickets = 0;
+    cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    Ok(cfg)
 }
 
 /// Builds a TLS 1.3-only client config that presents `client_cert` and verifies the server
@@ -200,10 +206,13 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
-    Ok(match client_cert {
+    let mut cfg = match client_cert {
         Some(ck) => builder.with_client_cert_resolver(Arc::new(SingleCert(ck))),
         None => builder.with_no_client_auth(),
-    })
+    };
+    // See `server_config`: no resumption, full verification on every connection.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Ok(cfg)
 }
 
 /// A certificate chain and its private key, loaded for rustls.
