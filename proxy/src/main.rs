@@ -61,6 +61,10 @@ struct Args {
     /// `;` parameters) through instead of answering 400.
     #[arg(long)]
     allow_ambiguous_paths: bool,
+    /// Runtime worker threads (default: the CPUs this process may run on). With one, the
+    /// proxy runs a single-threaded runtime (no work-stealing bookkeeping at all).
+    #[arg(long)]
+    worker_threads: Option<usize>,
     /// Give every tunnel its own HBONE (mTLS) connection instead of sharing pooled ones — for
     /// measuring handshake cost; never needed in production.
     #[arg(long)]
@@ -94,10 +98,21 @@ fn main() -> ExitCode {
         allow_ambiguous_paths: args.allow_ambiguous_paths,
         tunnel_pooling: !args.no_tunnel_pool,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `available_parallelism` honours the CPU affinity mask (taskset, cpusets) and cgroup quotas.
+    let workers = args
+        .worker_threads
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1);
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    tracing::info!(workers, "runtime");
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("ward-proxy: starting the runtime: {e}");
