@@ -600,6 +600,13 @@ impl Cluster {
                 "--drain-timeout",
                 "2s",
             ])
+            // node-1 runs the single-threaded runtime (what a proxy limited to one CPU uses),
+            // node-2 the multi-threaded one: every test covers both.
+            .args(if i == 1 && !extra_args.contains(&"--worker-threads") {
+                &["--worker-threads", "1"][..]
+            } else {
+                &[][..]
+            })
             .args(extra_args)
             .env("WARD_LOG", self.proxy_log)
             .current_dir(self.dir.path())
