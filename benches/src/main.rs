@@ -135,7 +135,12 @@ fn main() -> anyhow::Result<()> {
                 mode.label(),
                 t.elapsed().as_secs_f64()
             );
-            run_path(&mut b, mode, &opts, &mut results)?;
+            if let Err(e) = run_path(&mut b, mode, &opts, &mut results) {
+                let kept = out_dir.join("failed-logs");
+                b.save_logs(&kept);
+                write(&out_dir, &results, &opts, started)?;
+                return Err(e.context(format!("logs of the run kept in {}", kept.display())));
+            }
             write(&out_dir, &results, &opts, started)?;
         }
     }

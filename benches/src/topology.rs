@@ -428,6 +428,23 @@ impl Bench {
         Ok(())
     }
 
+    /// Copies every log of the cluster (proxies, access logs, servers, peers) to `dir`.
+    pub fn save_logs(&self, dir: &Path) {
+        let _ = std::fs::remove_dir_all(dir);
+        let _ = std::fs::create_dir_all(dir);
+        if let Ok(entries) = std::fs::read_dir(self.c.dir.path()) {
+            for e in entries.flatten() {
+                let p = e.path();
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                if let Some(name) = name
+                    .filter(|n| n.ends_with(".log") || n.ends_with(".yaml") || n.ends_with(".cfg"))
+                {
+                    let _ = std::fs::copy(&p, dir.join(name));
+                }
+            }
+        }
+    }
+
     /// PIDs of the node-1 and node-2 proxies (empty without proxies).
     pub fn proxy_pids(&self) -> Vec<u32> {
         match self.mode {
