@@ -157,6 +157,10 @@ pub fn http_rate(
     let measure_from = start + WARMUP;
     let end = measure_from + window;
     let interval = Duration::from_secs_f64(conns as f64 / rate);
+    // Diagnostics: `WARD_LOAD_SLOW_US=N` prints every request slower than N µs to stderr.
+    let slow_us: Option<u64> = std::env::var("WARD_LOAD_SLOW_US")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let workers: Vec<_> = (0..conns)
         .map(|i| {
             let offset = Duration::from_secs_f64(i as f64 / rate);
@@ -194,6 +198,13 @@ pub fn http_rate(
                     };
                     prev_done = Instant::now();
                     let measured = intended >= measure_from;
+                    if slow_us.is_some_and(|t| (prev_done - from).as_micros() as u64 > t) {
+                        eprintln!(
+                            "slow: conn {i} at {:.4} s took {} µs",
+                            (from - start).as_secs_f64(),
+                            (prev_done - from).as_micros()
+                        );
+                    }
                     match ok {
                         Ok(true) if measured => lat.push((prev_done - from).as_nanos() as u64),
                         Ok(true) => {}

@@ -177,6 +177,9 @@ fn run_path(
     // First, while the proxies have never carried traffic.
     if want("idle-memory") && memory {
         step("idle memory", scenarios::idle_memory(b))?;
+        // Fresh proxies again: what the allocator kept from 10 000 connections (reported
+        // above) must not count as the load scenarios' memory.
+        b.set_mode(mode)?;
     }
     let l7_too: &[u16] = if mode == Mode::Ward {
         &[HTTP_L4, HTTP_L7]

@@ -85,20 +85,38 @@ impl Profile {
                 .args(["-INT", &child.id().to_string()])
                 .status();
             let _ = child.wait();
-            let report = std::process::Command::new("perf")
+            // A flat profile (self time by binary and symbol) to read and commit, and the
+            // call graph for digging.
+            let flat = std::process::Command::new("perf")
+                .args([
+                    "report",
+                    "--stdio",
+                    "--no-children",
+                    "--sort",
+                    "dso,sym",
+                    "-g",
+                    "none",
+                    "--percent-limit",
+                    "0.5",
+                    "-i",
+                ])
+                .arg(&data)
+                .output()?;
+            std::fs::write(data.with_extension("flat.txt"), &flat.stdout)?;
+            let graph = std::process::Command::new("perf")
                 .args([
                     "report",
                     "--stdio",
                     "--no-children",
                     "--percent-limit",
-                    "0.7",
+                    "2",
                     "-g",
-                    "caller,0.5,callee,function,percent",
+                    "caller,1,callee,function,percent",
                     "-i",
                 ])
                 .arg(&data)
                 .output()?;
-            std::fs::write(data.with_extension("txt"), &report.stdout)?;
+            std::fs::write(data.with_extension("graph.txt"), &graph.stdout)?;
         }
         Ok(())
     }
