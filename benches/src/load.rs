@@ -294,3 +294,113 @@ pub fn conn_rate(addr: SocketAddr, workers: usize, window: Duration) -> anyhow::
         latency: Latency::of(all),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests fail loudly
+
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{SocketAddr, TcpListener};
+
+    use super::*;
+
+    /// A loopback HTTP/1.1 server: keep-alive unless asked to close; every `fail_every`-th
+    /// request answers 500; responses alternate between content-length and chunked bodies.
+    fn server(fail_every: usize) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            for s in l.incoming().flatten() {
+                let n = n.clone();
+                std::thread::spawn(move || {
+                    let mut r = BufReader::new(s.try_clone().unwrap());
+                    let mut w = s;
+                    loop {
+                        let mut close = false;
+                        let mut line = String::new();
+                        loop {
+                            line.clear();
+                            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if line.to_ascii_lowercase().starts_with("connection: close") {
+                                close = true;
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let k = n.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                        let status = if fail_every > 0 && k % fail_every == 0 {
+                            500
+                        } else {
+                            200
+                        };
+                        let resp = if k % 2 == 0 {
+                            format!("HTTP/1.1 {status} x\r\ncontent-length: 3\r\n\r\nok\n")
+                        } else {
+                            format!("HTTP/1.1 {status} x\r\ntransfer-encoding: chunked\r\n\r\n3\r\nok\n\r\n0\r\n\r\n")
+                        };
+                        if w.write_all(resp.as_bytes()).is_err() || close {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn fixed_rate_sends_the_rate_asked_for_and_counts_every_response() {
+        let r = http_rate(server(0), 400.0, 4, Duration::from_secs(1)).unwrap();
+        assert_eq!(r.errors, 0);
+        // 400/s for 1 s after the warm-up: the schedule is exact, allow for a request at the edge.
+        assert!((395..=405).contains(&r.completed), "{r:?}");
+        let l = r.latency.unwrap();
+        assert!(
+            l.p50_us > 0.0 && l.p50_us <= l.p99_us && l.p99_us <= l.max_us,
+            "{l:?}"
+        );
+    }
+
+    #[test]
+    fn errors_are_counted_not_hidden() {
+        let r = http_rate(server(4), 200.0, 2, Duration::from_secs(1)).unwrap();
+        assert!(
+            r.errors > 30 && r.errors < 70,
+            "a quarter of ~200 requests fail: {r:?}"
+        );
+        let r = conn_rate(server(4), 2, Duration::from_millis(500)).unwrap();
+        assert!(r.errors > 0 && r.completed > r.errors, "{r:?}");
+    }
+
+    #[test]
+    fn connection_rate_opens_a_connection_per_request() {
+        let r = conn_rate(server(0), 2, Duration::from_millis(500)).unwrap();
+        assert_eq!(r.errors, 0);
+        assert!(r.completed > 100, "{r:?}");
+    }
+
+    #[test]
+    fn nothing_listening_is_an_error_not_a_zero() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let r = conn_rate(addr, 1, Duration::from_millis(200)).unwrap();
+        assert_eq!(r.completed, 0);
+        assert!(r.errors > 0);
+        assert!(r.latency.is_none());
+    }
+
+    #[test]
+    fn percentiles_pick_the_right_sample() {
+        let l = Latency::of((1..=1000).map(|i| i * 1000).collect()).unwrap();
+        assert_eq!(
+            (l.p50_us, l.p99_us, l.p999_us, l.max_us),
+            (500.0, 990.0, 999.0, 1000.0)
+        );
+        assert!(Latency::of(Vec::new()).is_none());
+    }
+}

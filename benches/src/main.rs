@@ -39,6 +39,7 @@ const SCENARIOS: &[&str] = &[
 ];
 
 const USAGE: &str = "usage: ward-benches [all | SCENARIO…] [--reps N] [--secs S] [--no-pin] [--paths ward,envoy,haproxy] [--profile DIR]
+       ward-benches shell [PATH]   |   ward-benches report RESULTS.json
 scenarios: throughput latency http-max conn-rate (includes tunnel-rate) idle-memory policy";
 
 struct Opts {
@@ -113,6 +114,9 @@ fn main() -> anyhow::Result<()> {
     }
     if args.first().map(String::as_str) == Some("shell") {
         return shell(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("report") {
+        return rerender(&args[1..]);
     }
     let opts = parse(&args)?;
     let started = Instant::now();
@@ -239,6 +243,57 @@ fn shell(args: &[String]) -> anyhow::Result<()> {
     );
     println!("close stdin (Ctrl-D) to tear down");
     let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut Vec::new());
+    Ok(())
+}
+
+/// `ward-benches report results.json`: renders the Markdown report again from a results file
+/// (after a change to the report itself, without measuring again).
+fn rerender(args: &[String]) -> anyhow::Result<()> {
+    let path = args
+        .first()
+        .ok_or_else(|| anyhow::anyhow!("usage: ward-benches report RESULTS.json"))?;
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    // Names become `'static` for the report's lookup tables; this runs once and exits.
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    let mode = |s: &str| -> anyhow::Result<Mode> {
+        Ok(match s {
+            "Direct" => Mode::Direct,
+            "Ward" => Mode::Ward,
+            "WardNoPool" => Mode::WardNoPool,
+            "Envoy" => Mode::Envoy,
+            "EnvoyNoPool" => Mode::EnvoyNoPool,
+            "Haproxy" => Mode::Haproxy,
+            other => anyhow::bail!("unknown path {other:?} in {path}"),
+        })
+    };
+    let mut all = Vec::new();
+    for m in v["measurements"].as_array().into_iter().flatten() {
+        let samples = m["samples"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                s.as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((leak(k), v.as_f64()?)))
+                    .collect()
+            })
+            .collect();
+        all.push(Measurement {
+            scenario: leak(m["scenario"].as_str().unwrap_or_default()),
+            variant: m["variant"].as_str().unwrap_or_default().to_owned(),
+            mode: mode(m["mode"].as_str().unwrap_or_default())?,
+            samples,
+            note: m["note"].as_str().map(str::to_owned),
+        });
+    }
+    anyhow::ensure!(!all.is_empty(), "{path} holds no measurements");
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    print!(
+        "{}",
+        report::markdown(&all, &text("machine"), &text("settings"))
+    );
     Ok(())
 }
 

@@ -494,3 +494,33 @@ pub fn policy_decision() -> anyhow::Result<Measurement> {
         note: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // reason: tests fail loudly
+
+    #[test]
+    fn wrk_output_is_parsed_in_microseconds() {
+        let out = "Running 4s test @ http://10.77.2.10:8080/\n  1 threads and 16 connections\n  Latency Distribution\n     50%  277.00us\n     75%  400.00us\n     90%    1.20ms\n     99%    1.07ms\n  203794 requests in 4.00s, 31.87MB read\nRequests/sec:  50947.67\n";
+        assert_eq!(super::parse_wrk(out).unwrap(), (50947.67, 277.0, 1070.0));
+        assert!(super::parse_wrk("wrk: connection refused").is_err());
+    }
+
+    #[test]
+    fn own_process_cpu_and_memory_are_readable() {
+        let me = std::process::id();
+        let before = crate::procfs::cpu(me).unwrap();
+        let mut x = 0u64;
+        let t = std::time::Instant::now();
+        while t.elapsed() < std::time::Duration::from_millis(50) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        assert!(x > 0);
+        assert!(crate::procfs::cpu(me).unwrap() > before);
+        assert!(crate::procfs::rss_kib(me).unwrap() > 0);
+        assert!(
+            crate::procfs::peak_rss_kib(me).unwrap() >= crate::procfs::rss_kib(me).unwrap() / 2
+        );
+        assert!(crate::procfs::cpu(u32::MAX).is_err());
+    }
+}
