@@ -219,6 +219,15 @@ pub fn http_rate(
             })
         })
         .collect();
+    collect(workers, window)
+}
+
+/// Joins the workers (each returning its latencies in ns and its error count) into one result
+/// over the measured `window`.
+fn collect(
+    workers: Vec<std::thread::JoinHandle<(Vec<u64>, u64)>>,
+    window: Duration,
+) -> anyhow::Result<LoadResult> {
     let mut all = Vec::new();
     let mut errors = 0;
     for w in workers {
@@ -278,21 +287,7 @@ pub fn conn_rate(addr: SocketAddr, workers: usize, window: Duration) -> anyhow::
             })
         })
         .collect();
-    let mut all = Vec::new();
-    let mut errors = 0;
-    for t in threads {
-        let (lat, e) = t
-            .join()
-            .map_err(|_| anyhow::anyhow!("load worker panicked"))?;
-        all.extend(lat);
-        errors += e;
-    }
-    Ok(LoadResult {
-        completed: all.len() as u64,
-        errors,
-        rate: all.len() as f64 / window.as_secs_f64(),
-        latency: Latency::of(all),
-    })
+    collect(threads, window)
 }
 
 #[cfg(test)]

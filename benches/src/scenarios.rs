@@ -244,42 +244,49 @@ fn latency_metrics(s: &mut Sample, r: &LoadResult) {
 
 /// HTTP/1.1 at a fixed rate over 10 keep-alive connections.
 pub fn latency(b: &Bench, port: u16, rate: u32, st: &Settings) -> anyhow::Result<Measurement> {
+    let args = [
+        "http-rate".to_string(),
+        b.server(port),
+        rate.to_string(),
+        "10".into(),
+        st.secs.to_string(),
+    ];
+    let keys = ["cpu_us_per_req_node1", "cpu_us_per_req_node2"];
+    Ok(Measurement {
+        scenario: "latency",
+        variant: format!("{} port, {rate} req/s", port_kind(port)),
+        mode: b.mode,
+        samples: generated_load(b, st, &format!("latency-{port}-{rate}"), &args, keys)?,
+        note: None,
+    })
+}
+
+/// Runs the load generator with `args` once per repetition: latency, rate and errors, and
+/// each proxy's CPU per request (or connection) under `cpu_keys`.
+fn generated_load(
+    b: &Bench,
+    st: &Settings,
+    name: &str,
+    args: &[String],
+    cpu_keys: [&'static str; 2],
+) -> anyhow::Result<Vec<Sample>> {
     let pids = b.proxy_pids();
     let mut samples = Vec::new();
     for rep in 0..st.reps {
         reset_peaks(&pids)?;
-        let profile = Profile::start(b, st, rep, &format!("latency-{port}-{rate}"))?;
-        let args = [
-            "http-rate".to_string(),
-            b.server(port),
-            rate.to_string(),
-            "10".into(),
-            st.secs.to_string(),
-        ];
-        let (r, cpu) = procfs::cpu_during(&pids, || load(b, &args))?;
+        let profile = Profile::start(b, st, rep, name)?;
+        let (r, cpu) = procfs::cpu_during(&pids, || load(b, args))?;
         if let Some(p) = profile {
             p.finish()?;
         }
         let mut s = Sample::new();
         latency_metrics(&mut s, &r);
-        // CPU over the warm-up too: count every request sent, not only the measured ones.
+        // CPU over the warm-up too: count everything sent, not only what was measured.
         let sent = r.rate * (st.secs + 1.0);
-        add_proxy_metrics(
-            &mut s,
-            &pids,
-            &cpu,
-            sent / 1e6,
-            ["cpu_us_per_req_node1", "cpu_us_per_req_node2"],
-        )?;
+        add_proxy_metrics(&mut s, &pids, &cpu, sent / 1e6, cpu_keys)?;
         samples.push(s);
     }
-    Ok(Measurement {
-        scenario: "latency",
-        variant: format!("{} port, {rate} req/s", port_kind(port)),
-        mode: b.mode,
-        samples,
-        note: None,
-    })
+    Ok(samples)
 }
 
 fn port_kind(port: u16) -> &'static str {
@@ -364,34 +371,16 @@ fn parse_wrk(out: &str) -> anyhow::Result<(f64, f64, f64)> {
 
 /// New TCP connections per second (one request each, `Connection: close`), 8 at a time.
 pub fn conn_rate(b: &Bench, st: &Settings) -> anyhow::Result<Measurement> {
-    let pids = b.proxy_pids();
-    let mut samples = Vec::new();
-    for rep in 0..st.reps {
-        reset_peaks(&pids)?;
-        let profile = Profile::start(b, st, rep, &format!("{:?}-conn-rate", b.mode))?;
-        let args = [
-            "conn-rate".to_string(),
-            b.server(HTTP_L4),
-            "8".into(),
-            "0".into(),
-            st.secs.to_string(),
-        ];
-        let (r, cpu) = procfs::cpu_during(&pids, || load(b, &args))?;
-        if let Some(p) = profile {
-            p.finish()?;
-        }
-        let mut s = Sample::new();
-        latency_metrics(&mut s, &r);
-        let made = r.rate * (st.secs + 1.0);
-        add_proxy_metrics(
-            &mut s,
-            &pids,
-            &cpu,
-            made / 1e6,
-            ["cpu_us_per_conn_node1", "cpu_us_per_conn_node2"],
-        )?;
-        samples.push(s);
-    }
+    let args = [
+        "conn-rate".to_string(),
+        b.server(HTTP_L4),
+        "8".into(),
+        "0".into(),
+        st.secs.to_string(),
+    ];
+    let keys = ["cpu_us_per_conn_node1", "cpu_us_per_conn_node2"];
+    let name = format!("{:?}-conn-rate", b.mode);
+    let samples = generated_load(b, st, &name, &args, keys)?;
     let scenario = match b.mode {
         Mode::WardNoPool | Mode::EnvoyNoPool | Mode::Haproxy => "tunnel-rate",
         _ => "conn-rate",

@@ -398,17 +398,7 @@ impl Bench {
     /// One request must get through, and through the proxies when there are any.
     fn check_path(&self) -> anyhow::Result<()> {
         let url = format!("http://{}/", self.server(HTTP_L4));
-        let o = run(in_ns(&self.client_ns(), "curl").args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "5",
-            &url,
-        ]));
-        let code = String::from_utf8_lossy(&o.stdout).into_owned();
+        let (code, _) = self.c.curl_in(&self.client_ns(), &url, &[]);
         anyhow::ensure!(
             code == "200",
             "{}: a request to {url} answered {code:?}",
