@@ -54,7 +54,7 @@ fn parse(args: &[String]) -> anyhow::Result<Opts> {
         scenarios: Vec::new(),
         settings: Settings {
             reps: 3,
-            secs: 4.0,
+            secs: 3.0,
             profile: None,
         },
         pin: true,
