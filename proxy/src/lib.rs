@@ -3,6 +3,7 @@
 //! The data path, top to bottom: [`outbound`] (15001: captured pod connection → original
 //! destination → [`pool`] HBONE tunnel or passthrough) and [`inbound`] (15008: mTLS → HTTP/2
 //! CONNECT → identify → authorize → connect → [`relay`] splice; 15006: plaintext capture).
+//! [`hbone`] speaks HTTP/2 CONNECT (both roles) over any byte stream.
 //! Around it: [`state`] (atomically swapped configuration), [`certs`] (workload certificates
 //! from the CA), [`tls`] (which certificate, which peer), [`conns`] (live connections,
 //! re-authorized on policy change), [`redirect`] (nftables interception), [`admin`]
