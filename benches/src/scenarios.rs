@@ -146,14 +146,31 @@ fn reset_peaks(pids: &[u32]) -> anyhow::Result<()> {
     pids.iter().try_for_each(|&p| procfs::reset_peak(p))
 }
 
+/// One repetition of a load: peak RSS reset, profiled when asked (first repetition), and the
+/// proxies' CPU measured around `f`.
+fn repetition<T>(
+    b: &Bench,
+    st: &Settings,
+    rep: usize,
+    name: &str,
+    f: impl FnOnce() -> anyhow::Result<T>,
+) -> anyhow::Result<(T, Vec<Duration>)> {
+    let pids = b.proxy_pids();
+    reset_peaks(&pids)?;
+    let profile = Profile::start(b, st, rep, name)?;
+    let measured = procfs::cpu_during(&pids, f)?;
+    if let Some(p) = profile {
+        p.finish()?;
+    }
+    Ok(measured)
+}
+
 /// iperf3 from the client pod to the server pod, `streams` parallel streams.
 pub fn throughput(b: &Bench, streams: usize, st: &Settings) -> anyhow::Result<Measurement> {
     let pids = b.proxy_pids();
     let mut samples = Vec::new();
     for rep in 0..st.reps {
-        reset_peaks(&pids)?;
-        let profile = Profile::start(b, st, rep, &format!("throughput-{streams}"))?;
-        let (json, cpu) = procfs::cpu_during(&pids, || {
+        let (json, cpu) = repetition(b, st, rep, &format!("throughput-{streams}"), || {
             let o = pinned(&b.client_ns(), b.pin, "0", "iperf3")
                 .args([
                     "-c",
@@ -178,9 +195,6 @@ pub fn throughput(b: &Bench, streams: usize, st: &Settings) -> anyhow::Result<Me
             }
             Ok(v)
         })?;
-        if let Some(p) = profile {
-            p.finish()?;
-        }
         let recv = &json["end"]["sum_received"];
         let bytes = recv["bytes"].as_f64().unwrap_or(0.0);
         let bps = recv["bits_per_second"].as_f64().unwrap_or(0.0);
@@ -273,12 +287,7 @@ fn generated_load(
     let pids = b.proxy_pids();
     let mut samples = Vec::new();
     for rep in 0..st.reps {
-        reset_peaks(&pids)?;
-        let profile = Profile::start(b, st, rep, name)?;
-        let (r, cpu) = procfs::cpu_during(&pids, || load(b, args))?;
-        if let Some(p) = profile {
-            p.finish()?;
-        }
+        let (r, cpu) = repetition(b, st, rep, name, || load(b, args))?;
         let mut s = Sample::new();
         latency_metrics(&mut s, &r);
         // CPU over the warm-up too: count everything sent, not only what was measured.
@@ -302,11 +311,9 @@ pub fn http_max(b: &Bench, port: u16, st: &Settings) -> anyhow::Result<Measureme
     let pids = b.proxy_pids();
     let mut samples = Vec::new();
     for rep in 0..st.reps {
-        reset_peaks(&pids)?;
-        let profile = Profile::start(b, st, rep, &format!("http-max-{port}"))?;
         let url = format!("http://{}/", b.server(port));
         let secs = format!("{}s", st.secs.ceil() as u64);
-        let (out, cpu) = procfs::cpu_during(&pids, || {
+        let (out, cpu) = repetition(b, st, rep, &format!("http-max-{port}"), || {
             let o = pinned(&b.client_ns(), b.pin, "0", "wrk")
                 .args(["-t1", "-c16", "-d", &secs, "--latency", &url])
                 .output()?;
@@ -318,9 +325,6 @@ pub fn http_max(b: &Bench, port: u16, st: &Settings) -> anyhow::Result<Measureme
             );
             Ok(out)
         })?;
-        if let Some(p) = profile {
-            p.finish()?;
-        }
         let (rps, p50, p99) = parse_wrk(&out)?;
         let mut s = Sample::from([("rps", rps), ("p50_us", p50), ("p99_us", p99)]);
         let total = rps * st.secs.ceil();

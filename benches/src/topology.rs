@@ -289,81 +289,73 @@ impl Bench {
         Ok(())
     }
 
-    fn proxy_cmd_prefix(&self) -> Vec<String> {
-        let cpus = if self.pin { "1" } else { "0-1" };
-        vec!["-c".into(), cpus.into()]
-    }
-
     fn start_envoy(&mut self, node: usize, ns: &str, config: &str) -> anyhow::Result<()> {
-        let path = self.c.path(&format!("envoy-{node}.yaml"));
-        std::fs::write(&path, config)?;
-        let envoy = self.envoy.display().to_string();
-        let path = path.display().to_string();
         let concurrency = if self.pin { "1" } else { "2" };
         let base_id = (30 + node).to_string();
-        let mut args = self.proxy_cmd_prefix();
-        args.extend(
-            [
-                envoy.as_str(),
-                "-c",
-                &path,
-                "--concurrency",
-                concurrency,
-                "--disable-hot-restart",
-                "--base-id",
-                &base_id,
-                "-l",
-                "warn",
-            ]
-            .map(String::from),
-        );
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.c
-            .spawn(&format!("envoy-{node}"), ns, Path::new("taskset"), &args);
-        self.wait_port(
-            &format!("envoy-{node}"),
-            ns,
-            if node == 1 { 15001 } else { 15008 },
-        )
+        let envoy = self.envoy.display().to_string();
+        let args = [
+            "--concurrency",
+            concurrency,
+            "--disable-hot-restart",
+            "--base-id",
+            &base_id,
+            "-l",
+            "warn",
+        ];
+        let port = if node == 1 { 15001 } else { 15008 };
+        self.start_peer("envoy", node, ns, config, "yaml", &envoy, &args, port)
     }
 
     fn start_haproxy(&mut self, node: usize, ns: &str, config: &str) -> anyhow::Result<()> {
-        let path = self.c.path(&format!("haproxy-{node}.cfg"));
-        std::fs::write(&path, config)?;
-        let path = path.display().to_string();
-        let mut args = self.proxy_cmd_prefix();
-        args.extend(["haproxy", "-db", "-f", path.as_str()].map(String::from));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.c
-            .spawn(&format!("haproxy-{node}"), ns, Path::new("taskset"), &args);
-        self.wait_port(
-            &format!("haproxy-{node}"),
+        let port = if node == 1 { 15001 } else { 15100 };
+        self.start_peer(
+            "haproxy",
+            node,
             ns,
-            if node == 1 { 15001 } else { 15100 },
+            config,
+            "cfg",
+            "haproxy",
+            &["-db"],
+            port,
         )
     }
 
-    fn wait_port(&mut self, label: &str, ns: &str, port: u16) -> anyhow::Result<()> {
+    /// Writes `config`, starts `program` with `args` and `-c CONFIG` (`-f` for haproxy) on the
+    /// proxies' CPU, and waits until it listens on `port` (failing with its log if it exits).
+    #[allow(clippy::too_many_arguments)] // reason: one private call per peer kind
+    fn start_peer(
+        &mut self,
+        kind: &str,
+        node: usize,
+        ns: &str,
+        config: &str,
+        ext: &str,
+        program: &str,
+        args: &[&str],
+        port: u16,
+    ) -> anyhow::Result<()> {
+        let label = format!("{kind}-{node}");
+        let path = self.c.path(&format!("{label}.{ext}"));
+        std::fs::write(&path, config)?;
+        let path = path.display().to_string();
+        let cpus = if self.pin { "1" } else { "0-1" };
+        let flag = if kind == "haproxy" { "-f" } else { "-c" };
+        let mut all = vec!["-c", cpus, program, flag, path.as_str()];
+        all.extend_from_slice(args);
+        self.c.spawn(&label, ns, Path::new("taskset"), &all);
         let start = Instant::now();
-        loop {
-            if self.c.exited(label) {
-                anyhow::bail!("{label} exited at start:\n{}", self.c.log_of(label));
-            }
-            let o = run(in_ns(ns, "ss").args(["-ltnH"]));
-            if String::from_utf8_lossy(&o.stdout).lines().any(|l| {
-                l.split_whitespace()
-                    .nth(3)
-                    .is_some_and(|a| a.ends_with(&format!(":{port}")))
-            }) {
-                return Ok(());
+        while !ward_tests::listening(ns, port) {
+            if self.c.exited(&label) {
+                anyhow::bail!("{label} exited at start:\n{}", self.c.log_of(&label));
             }
             anyhow::ensure!(
                 start.elapsed() < Duration::from_secs(20),
                 "{label} did not listen on {port}:\n{}",
-                self.c.log_of(label)
+                self.c.log_of(&label)
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// Stops the current path's proxies and removes interception.

@@ -168,6 +168,8 @@ pub(crate) async fn connect_stream(
         // HTTP port: every request is authorized (and forwarded) by the L7 layer. Boxed: its
         // state is large and lives on the heap, keeping this future small.
         let Some(send) = hbone::respond(respond, StatusCode::OK) else {
+            rec.reason = "the peer reset the stream before it was answered".into();
+            ctx.log.log(rec);
             return;
         };
         let io = relay::TunnelIo::new(Tunnel { send, recv });
@@ -196,6 +198,11 @@ pub(crate) async fn connect_stream(
         }
     };
     let Some(send) = hbone::respond(respond, StatusCode::OK) else {
+        rec.reason = format!(
+            "{}; the peer reset the stream before it was answered",
+            rec.reason
+        );
+        ctx.log.log(rec);
         return;
     };
     rec.decision = "allow";

@@ -64,7 +64,7 @@ struct Args {
     /// Runtime worker threads (default: the CPUs this process may run on). With one, the
     /// proxy runs a single-threaded runtime (no work-stealing bookkeeping at all).
     #[arg(long)]
-    worker_threads: Option<usize>,
+    worker_threads: Option<std::num::NonZeroUsize>,
     /// Give every tunnel its own HBONE (mTLS) connection instead of sharing pooled ones — for
     /// measuring handshake cost; never needed in production.
     #[arg(long)]
@@ -101,9 +101,8 @@ fn main() -> ExitCode {
     // `available_parallelism` honours the CPU affinity mask (taskset, cpusets) and cgroup quotas.
     let workers = args
         .worker_threads
-        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-        .unwrap_or(1)
-        .max(1);
+        .or_else(|| std::thread::available_parallelism().ok())
+        .map_or(1, usize::from);
     let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {

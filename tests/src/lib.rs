@@ -229,17 +229,21 @@ pub fn envoy() -> PathBuf {
     p
 }
 
-/// Waits until something listens on TCP `port` inside `ns`.
-pub fn wait_listening(ns: &str, port: u16, within: Duration) {
-    let start = Instant::now();
-    while !String::from_utf8_lossy(&run(in_ns(ns, "ss").args(["-ltnH"])).stdout)
+/// Whether something listens on TCP `port` inside `ns`.
+pub fn listening(ns: &str, port: u16) -> bool {
+    String::from_utf8_lossy(&run(in_ns(ns, "ss").args(["-ltnH"])).stdout)
         .lines()
         .any(|l| {
             l.split_whitespace()
                 .nth(3)
                 .is_some_and(|a| a.ends_with(&format!(":{port}")))
         })
-    {
+}
+
+/// Waits until something listens on TCP `port` inside `ns`.
+pub fn wait_listening(ns: &str, port: u16, within: Duration) {
+    let start = Instant::now();
+    while !listening(ns, port) {
         assert!(
             start.elapsed() < within,
             "nothing listened on port {port} in {ns} within {within:?}"
