@@ -282,7 +282,14 @@ impl Bench {
 
     /// ward's own interception rules on node-1, so every pair is reached the same way.
     fn install_interception(&self) -> anyhow::Result<()> {
-        let script = ward_proxy::redirect::ruleset("10.77.1.0/24".parse()?, 15001, 15006);
+        let pods = self
+            .c
+            .pods
+            .iter()
+            .filter(|p| p.spec.node == 1)
+            .map(|p| p.ip.parse())
+            .collect::<Result<Vec<std::net::IpAddr>, _>>()?;
+        let script = ward_proxy::redirect::ruleset(&pods, 15001, 15006);
         let path = self.c.path("intercept.nft");
         std::fs::write(&path, script)?;
         must(in_ns(&self.c.ns("n1"), "nft").arg("-f").arg(&path));

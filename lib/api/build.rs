@@ -5,10 +5,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     // SAFETY-free: build scripts are single-threaded; prost-build reads PROTOC from the env.
     std::env::set_var("PROTOC", protoc);
+    let include = protoc_bin_vendored::include_path()?;
+    let include = include.to_str().ok_or("protoc include path is not UTF-8")?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(&["proto/ward/ca/v1/ca.proto"], &["proto"])?;
+        // Maps encode in key order, so a resource's bytes (and its content-hash version) are
+        // the same on every replica.
+        .btree_map(".")
+        .compile_protos(
+            &[
+                "proto/ward/ca/v1/ca.proto",
+                "proto/ward/control/v1/control.proto",
+                "proto/envoy/service/discovery/v3/ads.proto",
+            ],
+            &["proto", include],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

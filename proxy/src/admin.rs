@@ -20,11 +20,9 @@ use tokio::sync::watch;
 
 use crate::Ctx;
 
+/// Ready once a configuration is in force and every local workload has its certificate.
 pub fn is_ready(ctx: &Ctx) -> bool {
-    ctx.state
-        .snapshot()
-        .is_some_and(|s| s.nodes.contains_key(&ctx.state.node))
-        && *ctx.certs.ready().borrow()
+    ctx.state.snapshot().is_some() && *ctx.certs.ready().borrow()
 }
 
 pub async fn serve(

@@ -163,28 +163,30 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// On every accepted configuration: (re)install interception for this node's pod CIDR, and
-/// re-authorize live connections.
+/// On every accepted configuration: install interception (first time) or bring the captured
+/// set up to date with this node's workloads, and re-authorize live connections.
 async fn on_config_change(ctx: Arc<Ctx>, cfg: Config) {
     let mut changes = ctx.state.subscribe();
-    let mut installed = None;
+    let mut installed: Option<Vec<std::net::IpAddr>> = None;
     loop {
         if let Some(snap) = ctx.state.snapshot() {
             if cfg.redirect == redirect::Mode::Nftables {
-                let cidr = snap.nodes.get(&ctx.state.node).map(|n| n.pod_cidr);
-                if cidr.is_some() && cidr != installed {
-                    if let Some(c) = cidr {
-                        match redirect::install(
-                            c,
+                let pods = snap.local_addresses(&ctx.state.node);
+                if installed.as_ref() != Some(&pods) {
+                    let result = match installed {
+                        None => redirect::install(
+                            &pods,
                             cfg.outbound.port(),
                             cfg.inbound_plaintext.port(),
-                        ) {
-                            Ok(()) => {
-                                tracing::info!(pod_cidr = %c, "redirection rules installed");
-                                installed = cidr;
-                            }
-                            Err(e) => tracing::error!(error = %e, "installing redirection rules"),
+                        ),
+                        Some(_) => redirect::update(&pods),
+                    };
+                    match result {
+                        Ok(()) => {
+                            tracing::info!(captured = pods.len(), "interception rules up to date");
+                            installed = Some(pods);
                         }
+                        Err(e) => tracing::error!(error = %e, "installing interception rules"),
                     }
                 }
             }

@@ -46,7 +46,9 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
         return;
     };
     rec.src_identity = Some(src.identity.to_string());
-    // Resolve the destination: a workload, a service (pick an endpoint), or passthrough.
+    // Resolve the destination: a workload, a service (pick an endpoint), or passthrough (to
+    // `direct`).
+    let mut direct = orig;
     let target = if let Some(w) = snap.by_ip.get(&orig.ip()) {
         Some((w.clone(), orig))
     } else if let Some(svc) = snap.services.get(&orig) {
@@ -56,7 +58,14 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
             return;
         }
         let ep = &svc.endpoints[rand::random_range(0..svc.endpoints.len())];
-        Some((ep.clone(), SocketAddr::new(ep.ip, svc.target_port)))
+        match &ep.workload {
+            Some(w) => Some((w.clone(), ep.addr)),
+            // An endpoint outside the mesh: passed through like any non-mesh destination.
+            None => {
+                direct = ep.addr;
+                None
+            }
+        }
     } else {
         None
     };
@@ -85,15 +94,16 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
                 }
             }
         }
-        None => match socket::connect(orig, Duration::from_secs(5)).await {
+        None => match socket::connect(direct, Duration::from_secs(5)).await {
             Ok(up) => {
+                rec.dst = direct.to_string();
                 rec.decision = "allow";
                 rec.reason = "passthrough: not a mesh destination".into();
                 let out = relay::splice(&ctx, tcp, up, None).await;
                 rec.bytes_sent = out.a_to_b;
                 rec.bytes_received = out.b_to_a;
             }
-            Err(e) => rec.reason = format!("passthrough to {orig}: {e}"),
+            Err(e) => rec.reason = format!("passthrough to {direct}: {e}"),
         },
     }
     rec.duration_ms = started.elapsed().as_millis() as u64;

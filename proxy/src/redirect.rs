@@ -1,21 +1,24 @@
 //! Transparent interception with nftables, at node level.
 //!
 //! Pods are routed through their node's network namespace, so one table there sees all their
-//! TCP traffic in `prerouting`:
+//! TCP traffic in `prerouting`. Only *enrolled* workloads are captured: the table holds a set
+//! of their addresses (`pods`), kept equal to the local workloads of the configuration, so a
+//! pod outside the mesh on the same node is untouched:
 //! - the proxy's own (marked) traffic returns untouched;
-//! - traffic from the node's pod CIDR to addresses of the node itself returns untouched;
-//! - other TCP from the pod CIDR is redirected to the outbound listener (15001);
-//! - TCP *to* the pod CIDR from elsewhere (plaintext that did not come through a tunnel) is
+//! - traffic from a captured pod to addresses of the node itself returns untouched;
+//! - other TCP from a captured pod is redirected to the outbound listener (15001);
+//! - TCP *to* a captured pod from elsewhere (plaintext that did not come through a tunnel) is
 //!   redirected to the inbound plaintext listener (15006), which refuses it for STRICT workloads.
 //!
 //! Everything lives in one table, `ip ward`, installed atomically (`nft -f`) and idempotently
 //! (the script declares, deletes and re-creates the table), and removed with one `delete
-//! table`, so a stopped proxy leaves the ruleset exactly as it found it.
+//! table`, so a stopped proxy leaves the ruleset exactly as it found it. A change of the
+//! workload set replaces the set's elements in one transaction (flush + add): no packet sees
+//! a half-updated set, and live connections (conntrack-NATed already) are not disturbed.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::process::{Command, Stdio};
-
-use ipnet::IpNet;
 
 use crate::socket::PROXY_MARK;
 
@@ -29,34 +32,81 @@ pub enum Mode {
 }
 
 const TABLE: &str = "ward";
+const SET: &str = "pods";
 
-/// The nft script for a node.
-pub fn ruleset(pod_cidr: IpNet, outbound_port: u16, inbound_plaintext_port: u16) -> String {
+/// The nft script that (re)creates the table, capturing `pods`.
+pub fn ruleset(pods: &[IpAddr], outbound_port: u16, inbound_plaintext_port: u16) -> String {
     format!(
         "table ip {TABLE}\n\
          delete table ip {TABLE}\n\
          table ip {TABLE} {{\n\
+         \tset {SET} {{\n\
+         \t\ttype ipv4_addr\n\
+         {elements}\
+         \t}}\n\
          \tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority dstnat - 10; policy accept;\n\
          \t\tmeta mark {PROXY_MARK:#x} return\n\
-         \t\tip saddr {pod_cidr} fib daddr type local return\n\
-         \t\tip saddr {pod_cidr} meta l4proto tcp redirect to :{outbound_port}\n\
-         \t\tip daddr {pod_cidr} meta l4proto tcp redirect to :{inbound_plaintext_port}\n\
+         \t\tip saddr @{SET} fib daddr type local return\n\
+         \t\tip saddr @{SET} meta l4proto tcp redirect to :{outbound_port}\n\
+         \t\tip daddr @{SET} meta l4proto tcp redirect to :{inbound_plaintext_port}\n\
          \t}}\n\
-         }}\n"
+         }}\n",
+        elements = elements_line(pods),
     )
 }
 
-/// Installs (or replaces) the table.
+/// The script that replaces the captured set in one transaction.
+pub fn set_update(pods: &[IpAddr]) -> String {
+    let mut s = format!("flush set ip {TABLE} {SET}\n");
+    let v4 = v4_list(pods);
+    if !v4.is_empty() {
+        s.push_str(&format!("add element ip {TABLE} {SET} {{ {v4} }}\n"));
+    }
+    s
+}
+
+fn v4_list(pods: &[IpAddr]) -> String {
+    pods.iter()
+        .filter(|ip| ip.is_ipv4())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn elements_line(pods: &[IpAddr]) -> String {
+    let v4 = v4_list(pods);
+    if v4.is_empty() {
+        String::new()
+    } else {
+        format!("\t\telements = {{ {v4} }}\n")
+    }
+}
+
+/// Installs (or replaces) the table, capturing `pods`.
 pub fn install(
-    pod_cidr: IpNet,
+    pods: &[IpAddr],
     outbound_port: u16,
     inbound_plaintext_port: u16,
 ) -> anyhow::Result<()> {
-    if !matches!(pod_cidr, IpNet::V4(_)) {
-        anyhow::bail!("pod CIDR {pod_cidr}: only IPv4 interception is implemented");
+    warn_unsupported(pods);
+    nft_script(&ruleset(pods, outbound_port, inbound_plaintext_port))
+}
+
+/// Replaces the set of captured addresses (the table must be installed).
+pub fn update(pods: &[IpAddr]) -> anyhow::Result<()> {
+    warn_unsupported(pods);
+    nft_script(&set_update(pods))
+}
+
+fn warn_unsupported(pods: &[IpAddr]) {
+    let v6 = pods.iter().filter(|ip| ip.is_ipv6()).count();
+    if v6 > 0 {
+        tracing::warn!(
+            addresses = v6,
+            "IPv6 workload addresses are not intercepted yet (IPv4 only)"
+        );
     }
-    nft_script(&ruleset(pod_cidr, outbound_port, inbound_plaintext_port))
 }
 
 /// Removes the table if present.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use serde::Deserialize;
 use ward_lib_identity::{SpiffeId, TrustBundle, TrustDomain};
-use ward_lib_policy::{MtlsMode, PolicySet, TrustConfig, WorkloadPolicies};
+use ward_lib_policy::{MtlsMode, PolicySet, WorkloadPolicies};
 
 /// HBONE port on every node.
 pub const HBONE_PORT: u16 = 15008;
@@ -73,7 +73,9 @@ pub struct NodeSpec {
     pub name: String,
     /// The address other proxies reach this node's HBONE port on.
     pub address: IpAddr,
-    pub pod_cidr: IpNet,
+    /// Informational: interception captures the addresses of the node's workloads, not a CIDR.
+    #[serde(default)]
+    pub pod_cidr: Option<IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -161,7 +163,10 @@ pub struct Workload {
     pub service_account: String,
     pub identity: SpiffeId,
     pub node: String,
+    /// The first of `ips`.
     pub ip: IpAddr,
+    /// Every address of the workload (dual-stack pods have two).
+    pub ips: Vec<IpAddr>,
     pub labels: BTreeMap<String, String>,
     /// Ports declared HTTP.
     pub http_ports: Vec<u16>,
@@ -169,7 +174,7 @@ pub struct Workload {
     pub h2_ports: Vec<u16>,
     /// The node proxy's HBONE address.
     pub hbone: SocketAddr,
-    /// Policies applying to this workload (computed once per snapshot).
+    /// Policies applying to this workload (computed once per snapshot, for local workloads).
     pub policies: WorkloadPolicies,
     pub mtls: MtlsMode,
 }
@@ -180,13 +185,21 @@ impl Workload {
     }
 }
 
+/// One endpoint of a service port: a mesh workload (reached through its node's tunnel) or an
+/// address outside the mesh (passed through).
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// Endpoint address and target port.
+    pub addr: SocketAddr,
+    pub workload: Option<Arc<Workload>>,
+}
+
 /// A service port → the endpoints behind it.
 #[derive(Debug)]
 pub struct ServiceBackend {
     pub namespace: String,
     pub name: String,
-    pub target_port: u16,
-    pub endpoints: Vec<Arc<Workload>>,
+    pub endpoints: Vec<Endpoint>,
 }
 
 /// The immutable, validated view a proxy runs on.
@@ -194,10 +207,9 @@ pub struct ServiceBackend {
 pub struct Snapshot {
     pub trust_domain: TrustDomain,
     pub bundle: TrustBundle,
-    pub nodes: BTreeMap<String, NodeSpec>,
     pub by_ip: HashMap<IpAddr, Arc<Workload>>,
     pub services: HashMap<SocketAddr, ServiceBackend>,
-    pub policies: PolicySet,
+    pub policies: Arc<PolicySet>,
     /// A fingerprint of the inputs, for `/config_dump` and logs.
     pub version: String,
 }
@@ -216,10 +228,7 @@ impl Inputs {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
-        let file: MeshFile = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
-            &text,
-        ))
-        .map_err(|e| ConfigError(format!("{}: {}: {}", path.display(), e.path(), e.inner())))?;
+        let file = MeshFile::parse(&text, &path.display().to_string())?;
         let base = path.parent().unwrap_or(Path::new("."));
         let bundle_path = base.join(&file.trust_bundle);
         let bundle_pem = std::fs::read_to_string(&bundle_path)
@@ -250,6 +259,127 @@ impl Inputs {
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
+impl MeshFile {
+    /// Parses a mesh file; errors name the file and the field path.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(text))
+            .map_err(|e| ConfigError(format!("{origin}: {}: {}", e.path(), e.inner())))
+    }
+
+    /// The mesh settings (trust domain, aliases, root namespace) with the bundle's PEM.
+    pub fn mesh_config(&self, bundle_pem: &str) -> crate::control::MeshConfig {
+        crate::control::MeshConfig {
+            trust_domain: self.trust_domain.clone(),
+            trust_domain_aliases: self.trust_domain_aliases.clone(),
+            root_namespace: self.root_namespace.clone(),
+            roots_pem: bundle_pem.to_owned(),
+        }
+    }
+
+    /// The file's workloads and services as control-stream resources (`(name, message)`):
+    /// node addresses resolved, services' selectors resolved to endpoints, port protocols
+    /// declared. Errors name the entry and field.
+    #[allow(clippy::type_complexity)] // reason: two plain lists of (name, message)
+    pub fn resources(
+        &self,
+    ) -> Result<
+        (
+            Vec<(String, crate::control::Workload)>,
+            Vec<(String, crate::control::Service)>,
+        ),
+        ConfigError,
+    > {
+        use crate::control as pb;
+        use crate::resources::{ip_to_bytes, port_protocol};
+        let err = |m: String| ConfigError(m);
+        let mut nodes = BTreeMap::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if nodes.insert(n.name.as_str(), n).is_some() {
+                return Err(err(format!("nodes[{i}].name: duplicate node {:?}", n.name)));
+            }
+        }
+        let mut seen_ips = HashMap::new();
+        let mut workloads = Vec::with_capacity(self.workloads.len());
+        for (i, w) in self.workloads.iter().enumerate() {
+            let node = nodes
+                .get(w.node.as_str())
+                .ok_or_else(|| err(format!("workloads[{i}].node: unknown node {:?}", w.node)))?;
+            if let Some(other) = seen_ips.insert(w.ip, i) {
+                return Err(err(format!(
+                    "workloads[{i}].ip: {} is used by workloads[{other}] too",
+                    w.ip
+                )));
+            }
+            let ports = w
+                .ports
+                .iter()
+                .map(|p| pb::WorkloadPort {
+                    port: u32::from(p.port),
+                    protocol: port_protocol(
+                        p.name.as_deref(),
+                        p.protocol.as_deref(),
+                        p.app_protocol.as_deref(),
+                    ) as i32,
+                })
+                .collect();
+            workloads.push((
+                format!("{}/{}", w.namespace, w.name),
+                pb::Workload {
+                    namespace: w.namespace.clone(),
+                    name: w.name.clone(),
+                    service_account: w.service_account.clone(),
+                    node: w.node.clone(),
+                    ips: vec![ip_to_bytes(w.ip)],
+                    node_address: ip_to_bytes(node.address),
+                    labels: w.labels.clone(),
+                    ports,
+                },
+            ));
+        }
+        let mut services = Vec::with_capacity(self.services.len());
+        for s in &self.services {
+            let mut selected: Vec<&WorkloadSpec> = self
+                .workloads
+                .iter()
+                .filter(|w| {
+                    w.namespace == s.namespace
+                        && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                })
+                .collect();
+            selected.sort_by_key(|w| w.ip);
+            let ports = s
+                .ports
+                .iter()
+                .map(|p| pb::ServicePort {
+                    port: u32::from(p.port),
+                    protocol: port_protocol(
+                        p.name.as_deref(),
+                        p.protocol.as_deref(),
+                        p.app_protocol.as_deref(),
+                    ) as i32,
+                    endpoints: selected
+                        .iter()
+                        .map(|w| pb::Endpoint {
+                            ip: ip_to_bytes(w.ip),
+                            port: u32::from(p.target_port.unwrap_or(p.port)),
+                        })
+                        .collect(),
+                })
+                .collect();
+            services.push((
+                format!("{}/{}", s.namespace, s.name),
+                pb::Service {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    vips: vec![ip_to_bytes(s.vip)],
+                    ports,
+                },
+            ));
+        }
+        Ok((workloads, services))
+    }
+}
+
 impl Snapshot {
     /// Reads and validates the mesh file and everything it names.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -262,147 +392,112 @@ impl Snapshot {
         )
     }
 
-    /// Validates a parsed mesh file with its bundle and policy texts.
+    /// Validates a parsed mesh file with its bundle and policy texts. Policies are resolved
+    /// for every workload (a mesh file may be shared by all nodes).
     pub fn build(
         file: MeshFile,
         bundle_pem: &str,
         policy_texts: &[(String, String)],
         version: String,
     ) -> Result<Self, ConfigError> {
-        let err = |m: String| ConfigError(m);
-        let td =
-            TrustDomain::parse(&file.trust_domain).map_err(|e| err(format!("trustDomain: {e}")))?;
-        let mut bundle = TrustBundle::new();
-        bundle
-            .add_pem(&td, bundle_pem)
-            .map_err(|e| err(format!("trustBundle: {e}")))?;
+        let mesh = crate::resources::Mesh::from_pb(&file.mesh_config(bundle_pem))
+            .map_err(|e| ConfigError(e.message))?;
         let policies = PolicySet::parse(
-            &file.root_namespace,
-            TrustConfig {
-                trust_domain: file.trust_domain.clone(),
-                aliases: file.trust_domain_aliases.clone(),
-            },
+            &mesh.root_namespace,
+            mesh.trust(),
             policy_texts.iter().map(|(o, t)| (o.as_str(), t.as_str())),
         )
         .map_err(|es| {
-            err(es
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("\n"))
+            ConfigError(
+                es.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
         })?;
-        let mut nodes = BTreeMap::new();
-        for (i, n) in file.nodes.into_iter().enumerate() {
-            if nodes.contains_key(&n.name) {
-                return Err(err(format!("nodes[{i}].name: duplicate node {:?}", n.name)));
-            }
-            nodes.insert(n.name.clone(), n);
+        let policies = Arc::new(policies);
+        let (workloads, services) = file.resources()?;
+        let mut resolved = Vec::with_capacity(workloads.len());
+        for (name, w) in &workloads {
+            // Every node's view: this node's name is the workload's own.
+            resolved.push(Arc::new(
+                crate::resources::workload_from_pb(name, w, &mesh.trust_domain, &policies, &w.node)
+                    .map_err(|e| ConfigError(e.to_string()))?,
+            ));
         }
+        Self::assemble(
+            &mesh,
+            policies,
+            resolved,
+            services.iter().map(|(n, s)| (n.as_str(), s)),
+            version,
+        )
+    }
+
+    /// Puts checked parts together: the address table (an address used twice is an error)
+    /// and the services, whose endpoints are resolved against it.
+    pub fn assemble<'a>(
+        mesh: &crate::resources::Mesh,
+        policies: Arc<PolicySet>,
+        workloads: impl IntoIterator<Item = Arc<Workload>>,
+        services: impl IntoIterator<Item = (&'a str, &'a crate::control::Service)>,
+        version: String,
+    ) -> Result<Self, ConfigError> {
         let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
-        for (i, w) in file.workloads.into_iter().enumerate() {
-            let at = |f: &str| format!("workloads[{i}].{f}");
-            let node = nodes
-                .get(&w.node)
-                .ok_or_else(|| err(format!("{}: unknown node {:?}", at("node"), w.node)))?;
-            let identity = SpiffeId::for_service_account(&td, &w.namespace, &w.service_account)
-                .map_err(|e| err(format!("{}: {e}", at("serviceAccount"))))?;
-            if by_ip.contains_key(&w.ip) {
-                return Err(err(format!(
-                    "{}: {} is used by another workload",
-                    at("ip"),
-                    w.ip
-                )));
-            }
-            let http_ports = w
-                .ports
-                .iter()
-                .filter(|p| {
-                    is_http(
-                        p.name.as_deref(),
-                        p.protocol.as_deref(),
-                        p.app_protocol.as_deref(),
-                    )
-                })
-                .map(|p| p.port)
-                .collect();
-            let h2_ports = w
-                .ports
-                .iter()
-                .filter(|p| {
-                    is_h2(
-                        p.name.as_deref(),
-                        p.protocol.as_deref(),
-                        p.app_protocol.as_deref(),
-                    )
-                })
-                .map(|p| p.port)
-                .collect();
-            let wp = policies.for_workload(&w.namespace, &w.labels);
-            let mtls = policies.mtls_mode(&w.namespace, &w.labels);
-            by_ip.insert(
-                w.ip,
-                Arc::new(Workload {
-                    identity,
-                    hbone: SocketAddr::new(node.address, HBONE_PORT),
-                    node: w.node,
-                    name: w.name,
-                    namespace: w.namespace,
-                    service_account: w.service_account,
-                    ip: w.ip,
-                    labels: w.labels,
-                    http_ports,
-                    h2_ports,
-                    policies: wp,
-                    mtls,
-                }),
-            );
-        }
-        let mut services = HashMap::new();
-        for (i, s) in file.services.into_iter().enumerate() {
-            let mut endpoints: Vec<Arc<Workload>> = by_ip
-                .values()
-                .filter(|w| {
-                    w.namespace == s.namespace
-                        && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                })
-                .cloned()
-                .collect();
-            endpoints.sort_by_key(|w| w.ip);
-            for (j, p) in s.ports.iter().enumerate() {
-                let key = SocketAddr::new(s.vip, p.port);
-                if services.contains_key(&key) {
-                    return Err(err(format!(
-                        "services[{i}].ports[{j}]: {key} is declared twice"
+        for w in workloads {
+            for ip in &w.ips {
+                if let Some(other) = by_ip.insert(*ip, w.clone()) {
+                    return Err(ConfigError(format!(
+                        "Workload {}/{}: address {ip} is also {}/{}'s",
+                        w.namespace, w.name, other.namespace, other.name
                     )));
                 }
-                services.insert(
-                    key,
-                    ServiceBackend {
-                        namespace: s.namespace.clone(),
-                        name: s.name.clone(),
-                        target_port: p.target_port.unwrap_or(p.port),
-                        endpoints: endpoints.clone(),
-                    },
-                );
+            }
+        }
+        let mut by_addr = HashMap::new();
+        for (name, s) in services {
+            for (addr, backend) in crate::resources::service_from_pb(name, s, &by_ip)
+                .map_err(|e| ConfigError(e.to_string()))?
+            {
+                if let Some(other) = by_addr.insert(addr, backend) {
+                    return Err(ConfigError(format!(
+                        "Service {name}: {addr} is also declared by {}/{}",
+                        other.namespace, other.name
+                    )));
+                }
             }
         }
         Ok(Self {
-            trust_domain: td,
-            bundle,
-            nodes,
+            trust_domain: mesh.trust_domain.clone(),
+            bundle: mesh.bundle.clone(),
             by_ip,
-            services,
+            services: by_addr,
             policies,
             version,
         })
     }
 
-    /// The workloads scheduled on `node`.
+    /// The workloads scheduled on `node` (each once, however many addresses it has).
     pub fn local_workloads<'a>(
         &'a self,
         node: &'a str,
     ) -> impl Iterator<Item = &'a Arc<Workload>> + 'a {
-        self.by_ip.values().filter(move |w| w.node == node)
+        self.by_ip
+            .iter()
+            .filter(move |(ip, w)| w.node == node && **ip == w.ip)
+            .map(|(_, w)| w)
+    }
+
+    /// Every address of a workload on `node`: what interception captures.
+    pub fn local_addresses(&self, node: &str) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .by_ip
+            .iter()
+            .filter(|(_, w)| w.node == node)
+            .map(|(ip, _)| *ip)
+            .collect();
+        v.sort();
+        v
     }
 }
 

@@ -1,0 +1,4 @@
+//! `ward-control`: parses flags and runs the control component.
+#![forbid(unsafe_code)]
+
+fn main() {}

@@ -1,0 +1,151 @@
+//! The protocol-neutral inputs of the index: what ward needs to know of nodes, namespaces,
+//! pods, services, endpoint slices and policies, and nothing more.
+//!
+//! Both sources produce these — the Kubernetes source from API objects (keeping only the
+//! fields used, so 10 000 pods cost little memory), the local source from the mesh file — and
+//! everything downstream is shared. No Kubernetes types here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ward_lib_api::control::PortProtocol;
+
+/// `namespace/name` of a namespaced object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A node: where its proxy's HBONE port is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub name: String,
+    /// The node's internal address; a node without one cannot host mesh workloads yet.
+    pub address: Option<IpAddr>,
+}
+
+/// A namespace: whether its pods are enrolled (`ward.dev/mesh: enabled`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub enrolled: bool,
+}
+
+/// A pod, reduced to what the mesh needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    pub key: Key,
+    /// `spec.nodeName`; `None` until scheduled.
+    pub node: Option<String>,
+    pub service_account: String,
+    /// `status.podIPs`; empty until the pod has an address.
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    /// The pod asked to stay out of the mesh (`ward.dev/mesh: disabled`), or shares its
+    /// node's network (`hostNetwork`), which cannot be captured per pod.
+    pub opted_out: bool,
+    /// Phase `Succeeded` or `Failed`: its containers are gone and its address may be reused.
+    pub terminated: bool,
+    /// Port protocols declared on the pod itself (local mode); Kubernetes declares them on
+    /// Services (`appProtocol`, port names), which reach the pod through endpoint slices.
+    pub declared_ports: Vec<(u16, PortProtocol)>,
+}
+
+/// A service port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePortInfo {
+    pub port: u16,
+    /// Matches the endpoint-slice port of the same name (`""` when unnamed).
+    pub name: String,
+    pub protocol: PortProtocol,
+}
+
+/// A Service with its cluster IPs (`None`/headless services have none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub key: Key,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+}
+
+/// A port of an endpoint slice: the target port the service port of the same name maps to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlicePort {
+    pub name: String,
+    pub port: u16,
+    pub protocol: PortProtocol,
+}
+
+/// An endpoint of a slice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    pub ips: Vec<IpAddr>,
+    /// `conditions.ready` (absent counts as ready, as the API documents).
+    pub ready: bool,
+}
+
+/// An EndpointSlice of a service (`kubernetes.io/service-name`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceInfo {
+    pub key: Key,
+    /// The service's name, in the slice's namespace.
+    pub service: String,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+/// The policy kinds ward reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PolicyKind {
+    AuthorizationPolicy,
+    PeerAuthentication,
+}
+
+impl PolicyKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
+            PolicyKind::PeerAuthentication => "PeerAuthentication",
+        }
+    }
+
+    pub fn parse(kind: &str) -> Option<Self> {
+        match kind {
+            "AuthorizationPolicy" => Some(PolicyKind::AuthorizationPolicy),
+            "PeerAuthentication" => Some(PolicyKind::PeerAuthentication),
+            _ => None,
+        }
+    }
+}
+
+/// A policy object as stored: identity, generation and the whole document (apiVersion, kind,
+/// metadata, spec), validated by the index.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyObject {
+    pub kind: PolicyKind,
+    pub key: Key,
+    /// `metadata.generation` (0 where there is none, e.g. files).
+    pub generation: i64,
+    /// Where it came from, for messages (`file policies/deny.yaml[doc 2]`, `kubernetes`).
+    pub origin: String,
+    pub document: serde_json::Value,
+}
+
+/// `(kind, namespace/name)` of a policy.
+pub type PolicyId = (PolicyKind, Key);
