@@ -60,6 +60,22 @@ pub trait Authenticator: Send + Sync + 'static {
 
 const PREFIX: &str = "wardbt1";
 
+/// File in a CA directory holding the HMAC key for node bootstrap tokens (base64).
+pub const BOOTSTRAP_KEY_FILE: &str = "bootstrap.key";
+
+/// Reads the bootstrap-token key of a CA directory.
+pub fn read_bootstrap_key(ca_dir: &std::path::Path) -> Result<[u8; 32], String> {
+    let path = ca_dir.join(BOOTSTRAP_KEY_FILE);
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| format!("{}: not base64", path.display()))?;
+    bytes
+        .try_into()
+        .map_err(|_| format!("{}: must hold exactly 32 bytes", path.display()))
+}
+
 /// Local-mode node credentials: `wardbt1:<node>:<expiry-unix>:<base64url HMAC-SHA256>`.
 ///
 /// The HMAC key stays with the CA (`bootstrap.key` in the CA directory). A token is accepted

@@ -255,6 +255,11 @@ impl Authority {
         &self.trust_domain
     }
 
+    /// The certificate this authority signs with (a root or an intermediate).
+    pub fn signing_certificate(&self) -> &CertificateDer<'static> {
+        &self.signing_cert
+    }
+
     pub fn roots(&self) -> &[CertificateDer<'static>] {
         &self.roots
     }

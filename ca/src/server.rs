@@ -32,7 +32,11 @@ use crate::service::{IssuerService, PeerAddr};
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
     pub handshake_timeout: Duration,
+    /// Bounds every request except those under `streaming_paths`.
     pub request_timeout: Duration,
+    /// Path prefixes of long-lived streams (the control stream), exempt from
+    /// `request_timeout`; `max_connection_age` still bounds them.
+    pub streaming_paths: Vec<&'static str>,
     pub max_connections: usize,
     pub max_connection_age: Duration,
     /// Largest gRPC request message accepted.
@@ -45,6 +49,7 @@ impl Default for ServerOptions {
         Self {
             handshake_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            streaming_paths: Vec::new(),
             max_connections: 4096,
             max_connection_age: Duration::from_secs(300),
             max_message_bytes: 64 * 1024,
@@ -71,6 +76,20 @@ impl ServingCert {
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(ck),
         }))
+    }
+
+    /// Replaces the certificate with a new one from `authority` now (e.g. after the signing
+    /// CA changed).
+    pub fn renew_now(
+        &self,
+        authority: &Authority,
+        id: &SpiffeId,
+        ttl: Duration,
+        clock: &dyn Clock,
+    ) -> Result<(), String> {
+        let ck = self_issue(authority, id, ttl, clock)?;
+        self.current.store(Arc::new(ck));
+        Ok(())
     }
 
     /// Renews the certificate at half-life until the returned task is dropped/aborted.
@@ -131,7 +150,15 @@ pub fn tls_config(certs: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::Serv
     Ok(Arc::new(cfg))
 }
 
-/// Accepts connections until `shutdown` resolves. In-flight connections finish on their own.
+/// The issuing service as a gRPC service with the message-size limit of `opts`.
+pub fn issuer_grpc(
+    service: IssuerService,
+    opts: &ServerOptions,
+) -> CertificateServiceServer<IssuerService> {
+    CertificateServiceServer::new(service).max_decoding_message_size(opts.max_message_bytes)
+}
+
+/// Serves the issuing service alone (`ward ca serve`); see [`serve_grpc`].
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -139,8 +166,29 @@ pub async fn serve(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let grpc =
-        CertificateServiceServer::new(service).max_decoding_message_size(opts.max_message_bytes);
+    let grpc = issuer_grpc(service, &opts);
+    serve_grpc(listener, tls, grpc, opts, shutdown).await;
+}
+
+/// Accepts connections until `shutdown` resolves, serving any gRPC service (one, or tonic
+/// `Routes` of several) behind the limits of `opts`. In-flight connections finish on their
+/// own.
+pub async fn serve_grpc<S>(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    grpc: S,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
     tokio::pin!(shutdown);
@@ -184,18 +232,32 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
+async fn serve_connection<S>(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     peer: SocketAddr,
-    grpc: CertificateServiceServer<IssuerService>,
+    grpc: S,
     opts: &ServerOptions,
-) {
+) where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<tonic::body::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let request_timeout = opts.request_timeout;
+    let streaming: Arc<[&'static str]> = opts.streaming_paths.clone().into();
     let svc = tower::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
         let grpc = grpc.clone();
+        let is_stream = streaming.iter().any(|p| req.uri().path().starts_with(p));
         async move {
             let call = grpc.oneshot(req);
+            if is_stream {
+                return call.await;
+            }
             match tokio::time::timeout(request_timeout, call).await {
                 Ok(result) => result,
                 Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
@@ -208,6 +270,10 @@ async fn serve_connection(
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .max_concurrent_streams(32)
+        // Control-stream pushes carry the whole address table at first; a small window would
+        // make every proxy's initial sync wait on round trips.
+        .initial_stream_window_size(4 * 1024 * 1024)
+        .initial_connection_window_size(8 * 1024 * 1024)
         .max_header_list_size(opts.max_header_list_bytes)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tonic::{Request, Response, Status};
 use ward_lib_api::ca::certificate_service_server::CertificateService;
 use ward_lib_api::ca::{IssueRequest, IssueResponse};
@@ -120,7 +121,8 @@ impl Default for IssuePolicy {
 }
 
 pub struct IssuerService {
-    authority: Arc<Authority>,
+    /// Swappable, so a root rotation (switching the signing CA) needs no restart.
+    authority: Arc<ArcSwap<Authority>>,
     authn: Arc<dyn Authenticator>,
     directory: Arc<dyn WorkloadDirectory>,
     limiter: RateLimiter,
@@ -132,6 +134,25 @@ pub struct IssuerService {
 impl IssuerService {
     pub fn new(
         authority: Arc<Authority>,
+        authn: Arc<dyn Authenticator>,
+        directory: Arc<dyn WorkloadDirectory>,
+        audit: Arc<dyn AuditSink>,
+        clock: Arc<dyn Clock>,
+        policy: IssuePolicy,
+    ) -> Self {
+        Self::with_shared_authority(
+            Arc::new(ArcSwap::new(authority)),
+            authn,
+            directory,
+            audit,
+            clock,
+            policy,
+        )
+    }
+
+    /// A service whose signing authority the caller may replace at any time.
+    pub fn with_shared_authority(
+        authority: Arc<ArcSwap<Authority>>,
         authn: Arc<dyn Authenticator>,
         directory: Arc<dyn WorkloadDirectory>,
         audit: Arc<dyn AuditSink>,
@@ -173,8 +194,9 @@ impl IssuerService {
             )));
         }
 
+        let authority = self.authority.load_full();
         let id = SpiffeId::for_service_account(
-            self.authority.trust_domain(),
+            authority.trust_domain(),
             &req.namespace,
             &req.service_account,
         )
@@ -198,15 +220,14 @@ impl IssuerService {
             0 => self.policy.default_ttl,
             s => Duration::from_secs(u64::from(s)),
         };
-        let issued = self
-            .authority
+        let issued = authority
             .sign(&csr, &id, ttl, self.clock.now())
             .map_err(|e| Status::internal(e.to_string()))?;
         rec.serial = Some(issued.serial.clone());
         rec.not_after = Some(issued.not_after);
         Ok(IssueResponse {
             chain_der: issued.chain.iter().map(|c| c.to_vec()).collect(),
-            roots_der: self.authority.roots().iter().map(|c| c.to_vec()).collect(),
+            roots_der: authority.roots().iter().map(|c| c.to_vec()).collect(),
             spiffe_id: id.to_string(),
             not_after_unix: issued.not_after,
         })

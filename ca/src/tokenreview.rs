@@ -72,16 +72,7 @@ impl TokenReview {
             builder.https_or_http()
         };
         let connector = builder.enable_http1().build();
-        let allowed_users = config
-            .allowed_service_accounts
-            .iter()
-            .map(|sa| match sa.split_once('/') {
-                Some((ns, name)) => Ok(format!("system:serviceaccount:{ns}:{name}")),
-                None => Err(format!(
-                    "allowed service account {sa:?} is not namespace/name"
-                )),
-            })
-            .collect::<Result<_, _>>()?;
+        let allowed_users = service_account_users(&config.allowed_service_accounts)?;
         Ok(Self {
             client: Client::builder(TokioExecutor::new()).build(connector),
             config,
@@ -146,30 +137,74 @@ impl Authenticator for TokenReview {
     fn authenticate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<Requester, AuthError>> {
         Box::pin(async move {
             let status = self.review(token).await?;
-            if !status.authenticated {
-                let why = status.error.unwrap_or_else(|| "not authenticated".into());
-                return Err(AuthError::NotAuthenticated(why));
-            }
-            // A server that ignores audiences returns none; an audience-aware one must echo ours.
-            if !status.audiences.iter().any(|a| a == &self.config.audience) {
-                return Err(AuthError::WrongAudience(status.audiences));
-            }
             let user = status.user.unwrap_or_default();
-            if !self.allowed_users.iter().any(|u| u == &user.username) {
-                return Err(AuthError::WrongServiceAccount(user.username));
-            }
-            let node = user
-                .extra
-                .get(NODE_NAME_EXTRA)
-                .and_then(|v| v.first())
-                .filter(|n| !n.is_empty())
-                .ok_or(AuthError::NoNodeClaim)?;
-            Ok(Requester {
-                node: node.clone(),
-                subject: user.username,
-            })
+            check_review(
+                ReviewOutcome {
+                    authenticated: status.authenticated,
+                    audiences: status.audiences,
+                    error: status.error,
+                    username: user.username,
+                    extra: user.extra,
+                },
+                &self.config.audience,
+                &self.allowed_users,
+            )
         })
     }
+}
+
+/// What a TokenReview answered, however it was asked.
+#[derive(Debug, Clone, Default)]
+pub struct ReviewOutcome {
+    pub authenticated: bool,
+    pub audiences: Vec<String>,
+    pub error: Option<String>,
+    pub username: String,
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// The rules every TokenReview answer must pass (see the module docs): authenticated, for
+/// `audience`, a token of one of `allowed_users` (`system:serviceaccount:NS:NAME`), bound to a
+/// pod on a node.
+pub fn check_review(
+    review: ReviewOutcome,
+    audience: &str,
+    allowed_users: &[String],
+) -> Result<Requester, AuthError> {
+    if !review.authenticated {
+        let why = review.error.unwrap_or_else(|| "not authenticated".into());
+        return Err(AuthError::NotAuthenticated(why));
+    }
+    // A server that ignores audiences returns none; an audience-aware one must echo ours.
+    if !review.audiences.iter().any(|a| a == audience) {
+        return Err(AuthError::WrongAudience(review.audiences));
+    }
+    if !allowed_users.iter().any(|u| u == &review.username) {
+        return Err(AuthError::WrongServiceAccount(review.username));
+    }
+    let node = review
+        .extra
+        .get(NODE_NAME_EXTRA)
+        .and_then(|v| v.first())
+        .filter(|n| !n.is_empty())
+        .ok_or(AuthError::NoNodeClaim)?;
+    Ok(Requester {
+        node: node.clone(),
+        subject: review.username,
+    })
+}
+
+/// `system:serviceaccount:NS:NAME` for each `NS/NAME`.
+pub fn service_account_users(accounts: &[String]) -> Result<Vec<String>, String> {
+    accounts
+        .iter()
+        .map(|sa| match sa.split_once('/') {
+            Some((ns, name)) => Ok(format!("system:serviceaccount:{ns}:{name}")),
+            None => Err(format!(
+                "allowed service account {sa:?} is not namespace/name"
+            )),
+        })
+        .collect()
 }
 
 #[derive(Serialize)]

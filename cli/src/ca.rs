@@ -22,7 +22,7 @@ use ward_ca::tokenreview::{TokenReview, TokenReviewConfig};
 use ward_lib_identity::{SpiffeId, TrustDomain};
 
 /// File in the CA directory holding the HMAC key for node bootstrap tokens.
-const BOOTSTRAP_KEY: &str = "bootstrap.key";
+const BOOTSTRAP_KEY: &str = ward_ca::auth::BOOTSTRAP_KEY_FILE;
 
 #[derive(Subcommand)]
 pub enum CaCommand {
@@ -319,14 +319,7 @@ fn trust_domain_of_root(
 }
 
 fn read_bootstrap_key(ca_dir: &Path) -> anyhow::Result<[u8; 32]> {
-    let path = ca_dir.join(BOOTSTRAP_KEY);
-    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let bytes = STANDARD
-        .decode(text.trim())
-        .with_context(|| format!("{}: not base64", path.display()))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("{}: must hold exactly 32 bytes", path.display()))
+    ward_ca::auth::read_bootstrap_key(ca_dir).map_err(|e| anyhow::anyhow!(e))
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {

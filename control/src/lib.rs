@@ -12,6 +12,12 @@
 //! object affect another, or send a proxy anything of another node's local view.
 #![forbid(unsafe_code)]
 
+pub mod ca;
 pub mod index;
+pub mod k8s;
+pub mod local;
 pub mod model;
 pub mod policies;
+pub mod runtime;
+pub mod server;
+pub mod xds;

@@ -110,27 +110,63 @@ pub struct SliceInfo {
     pub endpoints: Vec<SliceEndpoint>,
 }
 
-/// The policy kinds ward reads.
+/// The policy kinds ward reads: its own (`security.ward.dev`) and, when asked, Istio's
+/// (`security.istio.io`), kept apart so a policy of each with the same name are two objects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PolicyKind {
     AuthorizationPolicy,
     PeerAuthentication,
+    IstioAuthorizationPolicy,
+    IstioPeerAuthentication,
 }
 
 impl PolicyKind {
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::AuthorizationPolicy,
+        PolicyKind::PeerAuthentication,
+        PolicyKind::IstioAuthorizationPolicy,
+        PolicyKind::IstioPeerAuthentication,
+    ];
+
+    /// The Kubernetes kind.
     pub fn as_str(self) -> &'static str {
         match self {
-            PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
-            PolicyKind::PeerAuthentication => "PeerAuthentication",
+            PolicyKind::AuthorizationPolicy | PolicyKind::IstioAuthorizationPolicy => {
+                "AuthorizationPolicy"
+            }
+            PolicyKind::PeerAuthentication | PolicyKind::IstioPeerAuthentication => {
+                "PeerAuthentication"
+            }
         }
     }
 
-    pub fn parse(kind: &str) -> Option<Self> {
-        match kind {
-            "AuthorizationPolicy" => Some(PolicyKind::AuthorizationPolicy),
-            "PeerAuthentication" => Some(PolicyKind::PeerAuthentication),
+    /// The prefix of its resource names on the control stream.
+    pub fn resource_prefix(self) -> &'static str {
+        match self {
+            PolicyKind::AuthorizationPolicy => "AuthorizationPolicy",
+            PolicyKind::PeerAuthentication => "PeerAuthentication",
+            PolicyKind::IstioAuthorizationPolicy => "istio.AuthorizationPolicy",
+            PolicyKind::IstioPeerAuthentication => "istio.PeerAuthentication",
+        }
+    }
+
+    /// The kind of a document by its `apiVersion` group and `kind`.
+    pub fn of(api_version: &str, kind: &str) -> Option<Self> {
+        let istio = api_version.starts_with("security.istio.io/");
+        match (kind, istio) {
+            ("AuthorizationPolicy", false) => Some(PolicyKind::AuthorizationPolicy),
+            ("PeerAuthentication", false) => Some(PolicyKind::PeerAuthentication),
+            ("AuthorizationPolicy", true) => Some(PolicyKind::IstioAuthorizationPolicy),
+            ("PeerAuthentication", true) => Some(PolicyKind::IstioPeerAuthentication),
             _ => None,
         }
+    }
+
+    pub fn is_authorization(self) -> bool {
+        matches!(
+            self,
+            PolicyKind::AuthorizationPolicy | PolicyKind::IstioAuthorizationPolicy
+        )
     }
 }
 

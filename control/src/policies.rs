@@ -19,7 +19,7 @@ use ward_lib_api::control as pb;
 use ward_lib_api::resources::Encoded;
 use ward_lib_policy::{Document, TrustConfig};
 
-use crate::model::{PolicyKind, PolicyObject};
+use crate::model::PolicyObject;
 
 /// What a policy's status reports about the object as last written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -163,7 +163,7 @@ fn enforced(
         Document::Authorization(p) => (p.selector.clone(), p.targets_only),
         Document::PeerAuthentication(p) => (p.selector.clone(), false),
     };
-    let name = format!("{}/{}", object.kind.as_str(), object.key);
+    let name = format!("{}/{}", object.kind.resource_prefix(), object.key);
     let resource = Encoded::new(
         name,
         &pb::Policy {
@@ -203,7 +203,7 @@ fn stand_in(object: &PolicyObject, trust: &TrustConfig) -> Option<Enforced> {
         new_spec.insert("selector".into(), json!({ "matchLabels": m }));
     }
     let (api_version, what) = match object.kind {
-        PolicyKind::AuthorizationPolicy => {
+        k if k.is_authorization() => {
             let action = spec
                 .and_then(|s| s.get("action"))
                 .map_or(Some("ALLOW"), Value::as_str);
@@ -220,7 +220,7 @@ fn stand_in(object: &PolicyObject, trust: &TrustConfig) -> Option<Enforced> {
                 }
             }
         }
-        PolicyKind::PeerAuthentication => {
+        _ => {
             new_spec.insert("mtls".into(), json!({ "mode": "STRICT" }));
             ("security.ward.dev/v1", "STRICT")
         }
@@ -243,7 +243,7 @@ fn stand_in(object: &PolicyObject, trust: &TrustConfig) -> Option<Enforced> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Key;
+    use crate::model::{Key, PolicyKind};
 
     fn object(spec: Value) -> PolicyObject {
         PolicyObject {

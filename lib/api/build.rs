@@ -13,6 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Maps encode in key order, so a resource's bytes (and its content-hash version) are
         // the same on every replica.
         .btree_map(".")
+        // The control stream's `Any` payloads are shared, pre-encoded `Bytes` (one encoding
+        // of a resource serves every proxy), hence a local copy of the well-known types.
+        .compile_well_known_types(true)
+        .bytes(".google.protobuf.Any")
         .compile_protos(
             &[
                 "proto/ward/ca/v1/ca.proto",

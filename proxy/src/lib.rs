@@ -17,6 +17,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod certs;
 pub mod conns;
+pub mod control;
 pub mod hbone;
 pub mod inbound;
 pub mod l7;
@@ -36,11 +37,23 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+/// Where the proxy's configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A mesh file, re-read when it changes (local use without a control component).
+    File(PathBuf),
+    /// The control component's stream; the bundle is trusted until the stream brings one.
+    Control {
+        settings: control::ControlSettings,
+        bootstrap_bundle: ward_lib_identity::TrustBundle,
+    },
+}
+
 /// Effective configuration of a proxy process (parsed from flags by `main`).
 #[derive(Debug, Clone)]
 pub struct Config {
     pub node: String,
-    pub config_path: PathBuf,
+    pub source: Source,
     pub ca_address: SocketAddr,
     pub ca_identity: String,
     pub token_file: PathBuf,
@@ -88,11 +101,22 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Err(e) => tracing::warn!(error = %e, "could not raise the file-descriptor limit"),
     }
     let state = state::State::new(cfg.node.clone());
-    tokio::spawn(
-        state
-            .clone()
-            .watch_file(cfg.config_path.clone(), Duration::from_millis(250)),
-    );
+    match &cfg.source {
+        Source::File(path) => {
+            tokio::spawn(
+                state
+                    .clone()
+                    .watch_file(path.clone(), Duration::from_millis(250)),
+            );
+        }
+        Source::Control {
+            settings,
+            bootstrap_bundle,
+        } => {
+            state.seed_bundle(bootstrap_bundle.clone());
+            tokio::spawn(control::run(state.clone(), settings.clone()));
+        }
+    }
     let certs = certs::CertManager::new(
         certs::CaSettings {
             address: cfg.ca_address,

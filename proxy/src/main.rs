@@ -21,16 +21,32 @@ struct Args {
     /// This node's name, as in the mesh configuration.
     #[arg(long)]
     node: String,
-    /// Mesh configuration file (re-read on change; an invalid update is refused).
+    /// Address of the control component (xDS stream and CA, port 15012).
+    #[arg(long, conflicts_with = "config", required_unless_present = "config")]
+    control: Option<SocketAddr>,
+    /// The control component's identity (namespace/service-account).
+    #[arg(long, default_value = "ward-system/ward-control")]
+    control_identity: String,
+    /// PEM roots trusted to verify the control component until it sends the mesh's bundle
+    /// (in Kubernetes, the `ward-root-ca` ConfigMap the control component publishes).
+    #[arg(long, required_unless_present = "config")]
+    trust_bundle: Option<PathBuf>,
+    /// Trust domain of the control component's identity.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Local mode without a control component: a mesh configuration file (re-read on change;
+    /// an invalid update is refused).
     #[arg(long)]
-    config: PathBuf,
-    /// Address of the issuing CA.
+    config: Option<PathBuf>,
+    /// Address of the issuing CA (default: the control component's).
+    #[arg(long, required_unless_present = "control")]
+    ca_address: Option<SocketAddr>,
+    /// The CA's identity (default: the control component's, or `ward-system/ward-ca` with
+    /// `--config`).
     #[arg(long)]
-    ca_address: SocketAddr,
-    /// The CA's identity (namespace/service-account).
-    #[arg(long, default_value = "ward-system/ward-ca")]
-    ca_identity: String,
-    /// File holding this node's credential for the CA (re-read on every request).
+    ca_identity: Option<String>,
+    /// File holding this node's credential for the control component and the CA: a
+    /// projected service-account token or a local bootstrap token (re-read on every use).
     #[arg(long)]
     token_file: PathBuf,
     /// Requested workload certificate lifetime (the CA may clamp it).
@@ -71,6 +87,32 @@ struct Args {
     no_tunnel_pool: bool,
 }
 
+/// The control-stream source from the flags: the bootstrap bundle read and checked now, so a
+/// wrong path or a file without certificates is an error at start, not a silent wait.
+fn control_source(args: &Args, address: SocketAddr) -> anyhow::Result<ward_proxy::Source> {
+    let td = ward_lib_identity::TrustDomain::parse(&args.trust_domain)
+        .map_err(|e| anyhow::anyhow!("--trust-domain {:?}: {e}", args.trust_domain))?;
+    let path = args
+        .trust_bundle
+        .as_ref()
+        .ok_or_else(|| anyhow::anyhow!("--trust-bundle is required with --control"))?;
+    let pem = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--trust-bundle {}: {e}", path.display()))?;
+    let mut bundle = ward_lib_identity::TrustBundle::new();
+    bundle
+        .add_pem(&td, &pem)
+        .map_err(|e| anyhow::anyhow!("--trust-bundle {}: {e}", path.display()))?;
+    Ok(ward_proxy::Source::Control {
+        settings: ward_proxy::control::ControlSettings {
+            address,
+            identity: args.control_identity.clone(),
+            trust_domain: td,
+            token_file: args.token_file.clone(),
+        },
+        bootstrap_bundle: bundle,
+    })
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
@@ -81,11 +123,44 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let source = match (&args.config, args.control) {
+        (Some(path), _) => ward_proxy::Source::File(path.clone()),
+        (None, Some(address)) => match control_source(&args, address) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ward-proxy: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("ward-proxy: one of --control or --config is required");
+            return ExitCode::from(2);
+        }
+    };
+    let (ca_address, ca_identity) = match (&source, args.ca_address) {
+        (_, Some(a)) => (
+            a,
+            args.ca_identity.clone().unwrap_or_else(|| match &source {
+                ward_proxy::Source::File(_) => "ward-system/ward-ca".into(),
+                ward_proxy::Source::Control { .. } => args.control_identity.clone(),
+            }),
+        ),
+        (ward_proxy::Source::Control { settings, .. }, None) => (
+            settings.address,
+            args.ca_identity
+                .clone()
+                .unwrap_or_else(|| args.control_identity.clone()),
+        ),
+        (ward_proxy::Source::File(_), None) => {
+            eprintln!("ward-proxy: --ca-address is required with --config");
+            return ExitCode::from(2);
+        }
+    };
     let cfg = ward_proxy::Config {
         node: args.node,
-        config_path: args.config,
-        ca_address: args.ca_address,
-        ca_identity: args.ca_identity,
+        source,
+        ca_address,
+        ca_identity,
         token_file: args.token_file,
         cert_ttl: args.cert_ttl,
         redirect: args.redirect,

@@ -1,5 +1,6 @@
 //! The configuration the data path reads: one immutable [`Snapshot`] swapped atomically when
-//! the mesh file (or anything it names) changes. Readers take a cheap `Arc` snapshot per
+//! the control stream delivers a push, or (local file mode) when the mesh file or anything it
+//! names changes. Readers take a cheap `Arc` snapshot per
 //! connection; an invalid update is logged and the last good snapshot stays in force.
 
 use std::path::PathBuf;
@@ -41,7 +42,15 @@ impl State {
         self.changed.subscribe()
     }
 
-    /// Installs a snapshot (tests and the file watcher).
+    /// Trusts `bundle` until a configuration brings the mesh's own (a proxy fed by the
+    /// control component needs roots to verify it before it has any configuration).
+    pub fn seed_bundle(&self, bundle: TrustBundle) {
+        if self.current.load().is_none() {
+            self.bundle.store(Arc::new(bundle));
+        }
+    }
+
+    /// Installs a snapshot (tests, the file watcher and the control stream).
     pub fn install(&self, snap: Snapshot) {
         let version = snap.version.clone();
         self.bundle.store(Arc::new(snap.bundle.clone()));

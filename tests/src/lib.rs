@@ -29,6 +29,16 @@ pub static SERIAL: Mutex<()> = Mutex::new(());
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
+/// Where the proxies get their configuration from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxySource {
+    /// `ward-control` in local mode (the mesh file, watched), streaming to the proxies: the
+    /// production path, and the default.
+    Control,
+    /// Each proxy reads the mesh file itself, with `ward ca serve` as the CA.
+    File,
+}
+
 /// A pod to create.
 #[derive(Debug, Clone)]
 pub struct PodSpec {
@@ -67,6 +77,8 @@ pub struct Cluster {
     pub proxy_cpus: Option<String>,
     /// Extra environment for the proxies (e.g. `WARD_LOG`).
     pub proxy_log: &'static str,
+    /// Where proxies get their configuration (see [`Cluster::start_ca`]).
+    pub source: ProxySource,
 }
 
 /// Runs a command, returning its output (never panics on a non-zero exit).
@@ -302,6 +314,7 @@ impl Cluster {
             extra_ports: Vec::new(),
             proxy_cpus: None,
             proxy_log: "info,ward_proxy=debug",
+            source: ProxySource::Control,
         };
         let net = c.add_ns("net");
         must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
@@ -428,8 +441,41 @@ impl Cluster {
         self.children.push((label.to_owned(), child));
     }
 
-    /// Creates a CA, the trust bundle and node tokens, and starts `ward ca serve` in `<p>-ctl`.
+    /// Creates a CA, the trust bundle and node tokens, and starts what serves certificates
+    /// (and, with [`ProxySource::Control`], configuration) in `<p>-ctl`: `ward-control` in
+    /// local mode, or `ward ca serve`. The control component reads `mesh.yaml`; it waits for
+    /// the file to exist.
     pub fn start_ca(&mut self) {
+        self.init_ca();
+        match self.source {
+            ProxySource::Control => self.serve_control(),
+            ProxySource::File => self.serve_ca(),
+        }
+    }
+
+    /// (Re)starts `ward-control` in local mode on the existing CA directory and `mesh.yaml`.
+    pub fn serve_control(&mut self) {
+        let control = built("ward-control", self.release);
+        let ctl = self.ns("ctl");
+        let ca_dir = self.path("ca").display().to_string();
+        let mesh = self.path("mesh.yaml").display().to_string();
+        self.spawn(
+            "control",
+            &ctl,
+            &control,
+            &[
+                "--local-mesh",
+                &mesh,
+                "--local-ca",
+                &ca_dir,
+                "--listen",
+                "10.77.0.100:15012",
+            ],
+        );
+    }
+
+    /// Creates the CA directory, node tokens and the nodes file of `ward ca serve`.
+    pub fn init_ca(&mut self) {
         let ward = built("ward", self.release);
         must(
             Command::new(&ward)
@@ -468,7 +514,6 @@ impl Cluster {
             nodes.replace("    workloads:\n      []\n", "    workloads: []\n"),
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        self.serve_ca();
     }
 
     /// (Re)starts `ward ca serve` on the existing CA directory.
@@ -512,7 +557,8 @@ impl Cluster {
             .is_none_or(|(_, c)| !matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Stops the CA (to test renewal without it).
+    /// Stops a process started with [`Cluster::spawn`] (the CA or control, to test running
+    /// without it).
     pub fn stop(&mut self, label: &str) {
         if let Some(pos) = self.children.iter().position(|(l, _)| l == label) {
             let (_, mut child) = self.children.remove(pos);
@@ -595,15 +641,20 @@ impl Cluster {
             .args([
                 "--node",
                 &format!("node-{i}"),
-                "--config",
-                "mesh.yaml",
-                "--ca-address",
-                "10.77.0.100:15012",
                 "--token-file",
                 &format!("token-{i}"),
                 "--drain-timeout",
                 "2s",
             ])
+            .args(match self.source {
+                ProxySource::Control => [
+                    "--control",
+                    "10.77.0.100:15012",
+                    "--trust-bundle",
+                    "ca/root.pem",
+                ],
+                ProxySource::File => ["--config", "mesh.yaml", "--ca-address", "10.77.0.100:15012"],
+            })
             // node-1 runs the single-threaded runtime (what a proxy limited to one CPU uses),
             // node-2 the multi-threaded one: every test covers both.
             .args(if i == 1 && !extra_args.contains(&"--worker-threads") {

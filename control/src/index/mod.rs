@@ -64,10 +64,22 @@ pub enum Kind {
     Slices,
     AuthorizationPolicies,
     PeerAuthentications,
+    IstioAuthorizationPolicies,
+    IstioPeerAuthentications,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    /// The kinds of a policy kind's watch.
+    pub fn of_policies(kind: PolicyKind) -> Kind {
+        match kind {
+            PolicyKind::AuthorizationPolicy => Kind::AuthorizationPolicies,
+            PolicyKind::PeerAuthentication => Kind::PeerAuthentications,
+            PolicyKind::IstioAuthorizationPolicy => Kind::IstioAuthorizationPolicies,
+            PolicyKind::IstioPeerAuthentication => Kind::IstioPeerAuthentications,
+        }
+    }
+
+    pub const ALL: [Kind; 10] = [
         Kind::Mesh,
         Kind::Nodes,
         Kind::Namespaces,
@@ -76,6 +88,8 @@ impl Kind {
         Kind::Slices,
         Kind::AuthorizationPolicies,
         Kind::PeerAuthentications,
+        Kind::IstioAuthorizationPolicies,
+        Kind::IstioPeerAuthentications,
     ];
 }
 
@@ -973,6 +987,100 @@ where
             map.remove(k);
         }
     }
+}
+
+/// A change delivered by a source.
+#[derive(Debug)]
+pub enum Event {
+    Mesh(MeshSettings),
+    ApplyNode(NodeInfo),
+    DeleteNode(String),
+    ResetNodes(Vec<NodeInfo>),
+    ApplyNamespace(NamespaceInfo),
+    DeleteNamespace(String),
+    ResetNamespaces(Vec<NamespaceInfo>),
+    ApplyPod(PodInfo),
+    DeletePod(Key),
+    ResetPods(Vec<PodInfo>),
+    ApplyService(ServiceInfo),
+    DeleteService(Key),
+    ResetServices(Vec<ServiceInfo>),
+    ApplySlice(SliceInfo),
+    DeleteSlice(Key),
+    ResetSlices(Vec<SliceInfo>),
+    ApplyPolicy(PolicyObject),
+    DeletePolicy(PolicyKind, Key),
+    ResetPolicies(PolicyKind, Vec<PolicyObject>),
+    /// A kind has delivered its initial state.
+    Synced(Kind),
+}
+
+impl Index {
+    /// Applies one source event.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::Mesh(m) => self.set_mesh(m),
+            Event::ApplyNode(n) => self.apply_node(n),
+            Event::DeleteNode(n) => self.delete_node(&n),
+            Event::ResetNodes(v) => self.reset_nodes(v),
+            Event::ApplyNamespace(n) => self.apply_namespace(n),
+            Event::DeleteNamespace(n) => self.delete_namespace(&n),
+            Event::ResetNamespaces(v) => self.reset_namespaces(v),
+            Event::ApplyPod(p) => self.apply_pod(p),
+            Event::DeletePod(k) => self.delete_pod(&k),
+            Event::ResetPods(v) => self.reset_pods(v),
+            Event::ApplyService(s) => self.apply_service(s),
+            Event::DeleteService(k) => self.delete_service(&k),
+            Event::ResetServices(v) => self.reset_services(v),
+            Event::ApplySlice(s) => self.apply_slice(s),
+            Event::DeleteSlice(k) => self.delete_slice(&k),
+            Event::ResetSlices(v) => self.reset_slices(v),
+            Event::ApplyPolicy(p) => self.apply_policy(p),
+            Event::DeletePolicy(k, key) => self.delete_policy(k, &key),
+            Event::ResetPolicies(k, v) => self.reset_policies(k, v),
+            Event::Synced(k) => self.mark_synced(k),
+        }
+    }
+}
+
+/// Runs the index: applies every event that has arrived, commits once, publishes the view
+/// (so a burst — a relist of 10 000 pods — becomes one view, not 10 000). Returns when every
+/// sender is gone.
+pub async fn run(
+    mut index: Index,
+    mut events: tokio::sync::mpsc::Receiver<Event>,
+    views: tokio::sync::watch::Sender<Arc<View>>,
+    statuses: Option<tokio::sync::watch::Sender<Arc<Vec<PolicyState>>>>,
+) {
+    while let Some(first) = events.recv().await {
+        let mut policies_touched = is_policy_event(&first);
+        index.apply(first);
+        while let Ok(more) = events.try_recv() {
+            policies_touched |= is_policy_event(&more);
+            index.apply(more);
+        }
+        if let Some(v) = index.commit() {
+            let v = Arc::new(v.clone());
+            tracing::debug!(
+                seq = v.seq,
+                synced = v.synced,
+                workloads = v.workloads.len(),
+                services = v.services.len(),
+                "view published"
+            );
+            views.send_replace(v);
+        }
+        if let (true, Some(tx)) = (policies_touched, &statuses) {
+            tx.send_replace(Arc::new(index.policy_states().cloned().collect()));
+        }
+    }
+}
+
+fn is_policy_event(e: &Event) -> bool {
+    matches!(
+        e,
+        Event::ApplyPolicy(_) | Event::DeletePolicy(..) | Event::ResetPolicies(..) | Event::Mesh(_)
+    )
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! Client side of `ward.ca.v1`: generate a key in memory, send only a CSR, get an SVID back.
+//! Client side of `ward.ca.v1`: generate a key in memory, send only a CSR, get an SVID back;
+//! and the SVID-verified gRPC channel every ward client (CA, control stream) dials with.
 //!
 //! The CA's serving certificate is verified as an SVID against the caller's trust bundle and
 //! must carry the expected CA SPIFFE ID; DNS names play no part.
@@ -66,36 +67,7 @@ impl CaClient {
         token: &str,
         timeout: Duration,
     ) -> Result<Self, CaClientError> {
-        let provider = tls::provider();
-        let verifier = SvidServerVerifier::expecting(bundle, ca_id, provider.clone());
-        let mut cfg = tls::client_config(
-            verifier,
-            None,
-            provider,
-            Arc::new(rustls::time_provider::DefaultTimeProvider),
-        )
-        .map_err(|e| CaClientError::Tls(e.to_string()))?;
-        cfg.alpn_protocols = vec![b"h2".to_vec()];
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| CaClientError::Connect {
-                addr,
-                reason: e.to_string(),
-            })?
-            .connect_timeout(timeout)
-            .timeout(timeout);
-        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            async move {
-                let tcp = tokio::net::TcpStream::connect(addr).await?;
-                tcp.set_nodelay(true)?;
-                // The name is not checked (the verifier checks the SPIFFE ID) but SNI needs one.
-                let name = ServerName::try_from("ward-ca.invalid")
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }));
+        let channel = svid_channel(addr, bundle, ca_id, Some(timeout))?;
         Ok(Self {
             inner: CertificateServiceClient::new(channel),
             token: token.into(),
@@ -156,6 +128,52 @@ impl CaClient {
             not_after_unix: resp.not_after_unix,
         })
     }
+}
+
+/// A lazily connecting gRPC channel over TLS 1.3 to `addr`, whose server must present an
+/// X509-SVID for exactly `server_id`, verified against `bundle` (read at every handshake, so
+/// bundle updates apply to the next connection). `timeout` bounds each request; streams pass
+/// `None`.
+pub fn svid_channel(
+    addr: SocketAddr,
+    bundle: SharedBundle,
+    server_id: SpiffeId,
+    timeout: Option<Duration>,
+) -> Result<Channel, CaClientError> {
+    let provider = tls::provider();
+    let verifier = SvidServerVerifier::expecting(bundle, server_id, provider.clone());
+    let mut cfg = tls::client_config(
+        verifier,
+        None,
+        provider,
+        Arc::new(rustls::time_provider::DefaultTimeProvider),
+    )
+    .map_err(|e| CaClientError::Tls(e.to_string()))?;
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+    let mut endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| CaClientError::Connect {
+            addr,
+            reason: e.to_string(),
+        })?
+        .connect_timeout(timeout.unwrap_or(Duration::from_secs(5)));
+    if let Some(t) = timeout {
+        endpoint = endpoint.timeout(t);
+    }
+    Ok(
+        endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let connector = connector.clone();
+            async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                tcp.set_nodelay(true)?;
+                // The name is not checked (the verifier checks the SPIFFE ID) but SNI needs one.
+                let name = ServerName::try_from("ward.invalid")
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+                let tls = connector.connect(name, tcp).await?;
+                Ok::<_, std::io::Error>(TokioIo::new(tls))
+            }
+        })),
+    )
 }
 
 /// A fresh ECDSA P-256 key (PKCS#8) and a CSR for it with an empty subject: the CA decides

@@ -36,11 +36,17 @@ mod generated {
             #![allow(missing_docs, clippy::all)] // reason: generated code
             tonic::include_proto!("google.rpc");
         }
+        pub mod protobuf {
+            #![allow(missing_docs, clippy::all)] // reason: generated code
+            tonic::include_proto!("google.protobuf");
+        }
     }
 }
 
 /// `envoy.service.discovery.v3`: the xDS delta transport (the subset ward speaks).
 pub use generated::envoy::service::discovery::v3 as xds;
+/// `google.protobuf.Any` (with a shared `Bytes` value).
+pub use generated::google::protobuf::Any;
 /// `google.rpc.Status`, the NACK detail of xDS.
 pub use generated::google::rpc;
 

@@ -51,10 +51,13 @@ fn rules_are_removed_and_a_restart_works() {
     );
 }
 
+/// The proxy's own file mode (without a control component): an invalid file is refused as a
+/// whole. (Through the control component, each object is judged on its own: `control.rs`.)
 #[test]
 fn invalid_configuration_update_keeps_the_last_good_one() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new(2, &two_by_two());
+    c.source = ward_tests::ProxySource::File;
     c.start_ca();
     c.write_mesh("");
     c.serve_http("web-2");

@@ -1,0 +1,213 @@
+//! Wiring: flags → sources → index → CA + control stream server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use ward_ca::auth::{Authenticator, BootstrapTokens};
+use ward_ca::authority::Authority;
+use ward_ca::clock::{Clock, SystemClock};
+use ward_ca::directory::WorkloadDirectory;
+use ward_ca::service::{IssuePolicy, IssuerService, JsonLinesAudit};
+use ward_lib_identity::{SpiffeId, TrustDomain};
+
+use crate::ca::ViewDirectory;
+use crate::index::{Event, Index, Kind, MeshSettings, View};
+use crate::xds::{XdsServer, XdsStats};
+
+/// `ward-control` flags.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "ward-control", version, about = "ward control component")]
+pub struct Args {
+    /// Address for the CA and the control stream (TLS, gRPC).
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub listen: SocketAddr,
+    /// The control component's own identity (namespace/service-account); proxies require it.
+    #[arg(long, default_value = "ward-system/ward-control")]
+    pub identity: String,
+    /// Default workload certificate lifetime.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub cert_ttl: Duration,
+
+    /// Local mode: the mesh file (nodes, workloads, services, trust bundle, policy paths),
+    /// watched. Without it, the control component runs against the Kubernetes API.
+    #[arg(long)]
+    pub local_mesh: Option<PathBuf>,
+    /// Local mode: the CA directory (`ward ca init`); proxies authenticate with its bootstrap
+    /// tokens.
+    #[arg(long, requires = "local_mesh")]
+    pub local_ca: Option<PathBuf>,
+
+    /// Kubernetes: ward's namespace (the CA Secret and the root ConfigMap live there).
+    #[arg(long, env = "WARD_NAMESPACE", default_value = "ward-system")]
+    pub namespace: String,
+    /// Kubernetes: the Secret holding the CA root (created if absent).
+    #[arg(long, default_value = "ward-ca")]
+    pub ca_secret: String,
+    /// Kubernetes: the ConfigMap the trust bundle is published in (proxies mount it).
+    #[arg(long, default_value = "ward-root-ca")]
+    pub root_configmap: String,
+    /// Kubernetes: the trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// Kubernetes: trust-domain aliases principals also match.
+    #[arg(long)]
+    pub trust_domain_alias: Vec<String>,
+    /// Kubernetes: policies in this namespace apply mesh-wide.
+    #[arg(long, default_value = "ward-system")]
+    pub root_namespace: String,
+    /// Kubernetes: the audience proxies' projected tokens are minted for.
+    #[arg(long, default_value = "ward-control")]
+    pub token_audience: String,
+    /// Kubernetes: service accounts (namespace/name) whose tokens proxies use.
+    #[arg(long, default_value = "ward-system/ward-proxy")]
+    pub proxy_service_account: Vec<String>,
+    /// Kubernetes: also read Istio's `security.istio.io/v1` AuthorizationPolicy and
+    /// PeerAuthentication objects.
+    #[arg(long)]
+    pub istio_policies: bool,
+    /// Kubernetes: validity of a newly created root.
+    #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
+    pub root_validity: Duration,
+}
+
+/// Runs the control component until SIGTERM / Ctrl-C.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    tracing::info!(config = ?args, "ward-control starting");
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
+    let (views_tx, views_rx) = watch::channel(Arc::new(View::default()));
+    let xds_stats = Arc::new(XdsStats::default());
+    let directory: Arc<dyn WorkloadDirectory> = Arc::new(ViewDirectory::new(views_rx.clone()));
+
+    let (authority, authn, expected): (Arc<ArcSwap<Authority>>, Arc<dyn Authenticator>, Vec<Kind>) =
+        match (&args.local_mesh, &args.local_ca) {
+            (Some(mesh), Some(ca_dir)) => {
+                let authority = Authority::load_dir(ca_dir)
+                    .map_err(|e| anyhow::anyhow!("--local-ca {}: {e}", ca_dir.display()))?;
+                let key =
+                    ward_ca::auth::read_bootstrap_key(ca_dir).map_err(|e| anyhow::anyhow!(e))?;
+                let authn = Arc::new(BootstrapTokens::new(key, directory.clone(), clock.clone()));
+                tokio::spawn(
+                    crate::local::LocalSource::new(
+                        mesh.clone(),
+                        Duration::from_millis(250),
+                        events_tx.clone(),
+                    )
+                    .run(),
+                );
+                (
+                    Arc::new(ArcSwap::from_pointee(authority)),
+                    authn,
+                    Kind::ALL.to_vec(),
+                )
+            }
+            (Some(_), None) => anyhow::bail!("--local-mesh needs --local-ca (the CA directory)"),
+            _ => {
+                let client = kube::Client::try_default().await.map_err(|e| {
+                    anyhow::anyhow!(
+                        "connecting to the Kubernetes API (in-cluster or KUBECONFIG): {e}"
+                    )
+                })?;
+                let td = TrustDomain::parse(&args.trust_domain)
+                    .map_err(|e| anyhow::anyhow!("--trust-domain {:?}: {e}", args.trust_domain))?;
+                let (authority, pem) = crate::ca::load_or_create_root(
+                    client.clone(),
+                    &args.namespace,
+                    &args.ca_secret,
+                    &td,
+                    args.root_validity,
+                )
+                .await?;
+                let authority = Arc::new(ArcSwap::from_pointee(authority));
+                let settings = MeshSettings {
+                    trust_domain: td.as_str().to_owned(),
+                    aliases: args.trust_domain_alias.clone(),
+                    root_namespace: args.root_namespace.clone(),
+                    roots_pem: pem.root.clone(),
+                };
+                crate::k8s::spawn_root_watch(
+                    client.clone(),
+                    crate::k8s::RootWatch {
+                        namespace: args.namespace.clone(),
+                        secret: args.ca_secret.clone(),
+                        configmap: args.root_configmap.clone(),
+                        settings,
+                    },
+                    authority.clone(),
+                    events_tx.clone(),
+                );
+                crate::k8s::spawn_watchers(
+                    client.clone(),
+                    events_tx.clone(),
+                    args.istio_policies,
+                    Arc::new(crate::k8s::WatchStats::default()),
+                );
+                let authn = Arc::new(
+                    crate::ca::KubeTokenReview::new(
+                        client,
+                        args.token_audience.clone(),
+                        &args.proxy_service_account,
+                    )
+                    .map_err(|e| anyhow::anyhow!("--proxy-service-account: {e}"))?,
+                );
+                (
+                    authority,
+                    authn,
+                    crate::k8s::expected_kinds(args.istio_policies),
+                )
+            }
+        };
+    drop(events_tx);
+    tokio::spawn(crate::index::run(
+        Index::new(expected),
+        events_rx,
+        views_tx,
+        None,
+    ));
+
+    let td = authority.load().trust_domain().clone();
+    let (ns, sa) = args
+        .identity
+        .split_once('/')
+        .ok_or_else(|| anyhow::anyhow!("--identity must be namespace/service-account"))?;
+    let id = SpiffeId::for_service_account(&td, ns, sa)
+        .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
+    let cert = crate::server::serving_cert(authority.clone(), id.clone(), clock.clone())?;
+    let issuer = IssuerService::with_shared_authority(
+        authority,
+        authn.clone(),
+        directory,
+        Arc::new(JsonLinesAudit::new(std::io::stdout())),
+        clock,
+        IssuePolicy {
+            default_ttl: args.cert_ttl,
+            ..IssuePolicy::default()
+        },
+    );
+    let xds = XdsServer::new(views_rx, authn, xds_stats);
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+    tracing::info!(listen = %args.listen, identity = %id, "serving the CA and the control stream");
+    crate::server::serve(listener, cert, issuer, xds, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("stopping");
+}

@@ -1,0 +1,414 @@
+//! The control stream: xDS delta (`DeltaAggregatedResources`), serving each proxy the view of
+//! its own node.
+//!
+//! Per stream:
+//! 1. the proxy authenticates with `authorization: Bearer <token>` (projected service-account
+//!    token via TokenReview, or a local bootstrap token); the node is what the token proves,
+//!    and a request naming another node is refused — whatever resources a proxy asks for, it
+//!    is sent its own node's view and nothing else;
+//! 2. it subscribes to the four ward types, each first request carrying the versions it
+//!    already holds (resumption after a reconnect);
+//! 3. once every type is subscribed and the index has delivered its initial state, the server
+//!    sends a *push*: one response per type, always all four and in [`TYPES`] order, with the
+//!    view's sequence number as `system_version_info`. The proxy applies a push as one unit
+//!    when its last response arrives, so it never enforces half an update (e.g. a new
+//!    workload without the policies that came with it);
+//! 4. the proxy ACKs or NACKs every response by nonce. Only when all four are ACKed does the
+//!    pushed view become the stream's baseline; the next push is the difference between the
+//!    baseline and the newest view (by the index's change log, or a full comparison when the
+//!    stream is too far behind). After a NACK the baseline stays, and the same view is not
+//!    pushed again: the next change is sent as a difference from what the proxy really holds.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status, Streaming};
+use ward_ca::auth::{bearer, AuthError, Authenticator};
+use ward_lib_api::resources::{short_type, Encoded, MESH_CONFIG, POLICY, SERVICE, TYPES, WORKLOAD};
+use ward_lib_api::xds::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use ward_lib_api::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use ward_lib_api::Any;
+
+use crate::index::{NodePolicies, Resources, View};
+
+/// Counters the server keeps (exported as metrics).
+#[derive(Debug, Default)]
+pub struct XdsStats {
+    pub connected: AtomicU64,
+    pub pushes: AtomicU64,
+    pub acks: AtomicU64,
+    pub nacks: AtomicU64,
+    pub refused: AtomicU64,
+    /// Bytes of resources sent (payloads only).
+    pub resource_bytes: AtomicU64,
+}
+
+/// The `AggregatedDiscoveryService` implementation.
+pub struct XdsServer {
+    views: watch::Receiver<Arc<View>>,
+    authn: Arc<dyn Authenticator>,
+    stats: Arc<XdsStats>,
+}
+
+impl XdsServer {
+    pub fn new(
+        views: watch::Receiver<Arc<View>>,
+        authn: Arc<dyn Authenticator>,
+        stats: Arc<XdsStats>,
+    ) -> Self {
+        Self {
+            views,
+            authn,
+            stats,
+        }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type DeltaAggregatedResourcesStream = ResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let header = request.metadata().get("authorization").map(|v| {
+            v.to_str()
+                .map_err(|_| AuthError::Malformed("authorization is not ASCII"))
+        });
+        let token = match header {
+            None => Err(AuthError::Missing),
+            Some(Err(e)) => Err(e),
+            Some(Ok(v)) => bearer(Some(v)),
+        };
+        let requester = match token {
+            Ok(t) => self.authn.authenticate(t).await,
+            Err(e) => Err(e),
+        };
+        let requester = match requester {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "control stream refused");
+                return Err(match e {
+                    AuthError::Unavailable(_) => Status::unavailable(e.to_string()),
+                    _ => Status::unauthenticated(e.to_string()),
+                });
+            }
+        };
+        let (tx, rx) = mpsc::channel(8);
+        let stream = StreamState::new(requester.node, self.views.clone(), self.stats.clone());
+        tokio::spawn(stream.run(request.into_inner(), tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// What a stream's proxy holds, as far as the server knows.
+enum Baseline {
+    /// The versions the proxy said it held when it (re)connected, per type.
+    Resume(HashMap<&'static str, BTreeMap<String, String>>),
+    /// Everything of this view (all four responses of its push were ACKed).
+    View(Arc<View>),
+}
+
+struct Pending {
+    view: Arc<View>,
+    nonces: HashMap<String, &'static str>,
+    nacked: bool,
+    sent_at: Instant,
+}
+
+struct StreamState {
+    node: String,
+    views: watch::Receiver<Arc<View>>,
+    stats: Arc<XdsStats>,
+    subscribed: BTreeSet<&'static str>,
+    baseline: Baseline,
+    pending: Option<Pending>,
+    nacked_seq: Option<u64>,
+    nonce: u64,
+}
+
+impl StreamState {
+    fn new(node: String, views: watch::Receiver<Arc<View>>, stats: Arc<XdsStats>) -> Self {
+        Self {
+            node,
+            views,
+            stats,
+            subscribed: BTreeSet::new(),
+            baseline: Baseline::Resume(HashMap::new()),
+            pending: None,
+            nacked_seq: None,
+            nonce: 0,
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut inbound: Streaming<DeltaDiscoveryRequest>,
+        tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) {
+        self.stats.connected.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(node = %self.node, "proxy connected");
+        let why = loop {
+            if let Err(e) = self.maybe_push(&tx).await {
+                break e;
+            }
+            tokio::select! {
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => {
+                        if let Err(status) = self.on_request(req) {
+                            let why = status.message().to_owned();
+                            let _ = tx.send(Err(status)).await;
+                            break why;
+                        }
+                    }
+                    Ok(None) => break "the proxy closed the stream".into(),
+                    Err(e) => break format!("stream error: {e}"),
+                },
+                changed = self.views.changed() => {
+                    if changed.is_err() {
+                        break "the control component is stopping".into();
+                    }
+                }
+            }
+        };
+        self.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        tracing::info!(node = %self.node, reason = %why, "proxy disconnected");
+    }
+
+    fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
+        if let Some(n) = req.node.as_ref().filter(|n| !n.id.is_empty()) {
+            if n.id != self.node {
+                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                return Err(Status::permission_denied(format!(
+                    "this credential is for node {:?}, not {:?}",
+                    self.node, n.id
+                )));
+            }
+        }
+        let Some(type_url) = TYPES.iter().copied().find(|t| *t == req.type_url) else {
+            tracing::warn!(node = %self.node, type_url = %req.type_url, "subscription to an unknown type ignored");
+            return Ok(());
+        };
+        if req.response_nonce.is_empty() {
+            // A (re)subscription. Only the first one of a type carries what the proxy holds.
+            if self.subscribed.insert(type_url) {
+                if let Baseline::Resume(held) = &mut self.baseline {
+                    held.insert(type_url, req.initial_resource_versions);
+                }
+            }
+            return Ok(());
+        }
+        let Some(p) = self.pending.as_mut() else {
+            return Ok(());
+        };
+        if p.nonces.remove(&req.response_nonce).is_none() {
+            // A stale nonce (xDS allows the client to ACK late); nothing to do.
+            return Ok(());
+        }
+        match &req.error_detail {
+            Some(err) => {
+                p.nacked = true;
+                self.stats.nacks.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(node = %self.node, r#type = short_type(type_url), seq = p.view.seq, error = %err.message, "proxy rejected an update (NACK); it keeps its previous configuration");
+            }
+            None => {
+                self.stats.acks.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if p.nonces.is_empty() {
+            if let Some(p) = self.pending.take() {
+                if p.nacked {
+                    self.nacked_seq = Some(p.view.seq);
+                } else {
+                    tracing::debug!(node = %self.node, seq = p.view.seq, ms = p.sent_at.elapsed().as_millis() as u64, "push acknowledged");
+                    self.baseline = Baseline::View(p.view);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the next push if one is due (see the module docs).
+    async fn maybe_push(
+        &mut self,
+        tx: &mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    ) -> Result<(), String> {
+        if self.pending.is_some() || self.subscribed.len() < TYPES.len() {
+            return Ok(());
+        }
+        let view = self.views.borrow().clone();
+        if !view.synced {
+            return Ok(());
+        }
+        match &self.baseline {
+            Baseline::View(b) if b.seq == view.seq => return Ok(()),
+            _ if self.nacked_seq == Some(view.seq) => return Ok(()),
+            _ => {}
+        }
+        let mut nonces = HashMap::new();
+        for type_url in TYPES {
+            let (resources, removed) = self.diff(type_url, &view);
+            self.nonce += 1;
+            let nonce = format!("{}-{}", view.seq, self.nonce);
+            let bytes: usize = resources.iter().map(|r| r.bytes.len()).sum();
+            self.stats
+                .resource_bytes
+                .fetch_add(bytes as u64, Ordering::Relaxed);
+            let response = DeltaDiscoveryResponse {
+                system_version_info: view.seq.to_string(),
+                resources: resources
+                    .into_iter()
+                    .map(|r| Resource {
+                        version: r.version.to_string(),
+                        name: r.name.to_string(),
+                        resource: Some(Any {
+                            type_url: type_url.to_owned(),
+                            value: r.bytes,
+                        }),
+                    })
+                    .collect(),
+                type_url: type_url.to_owned(),
+                nonce: nonce.clone(),
+                removed_resources: removed,
+            };
+            nonces.insert(nonce, type_url);
+            tx.send(Ok(response))
+                .await
+                .map_err(|_| "the proxy went away".to_owned())?;
+        }
+        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        self.pending = Some(Pending {
+            view,
+            nonces,
+            nacked: false,
+            sent_at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// What to send for one type: resources that differ from the baseline, and names removed.
+    fn diff(&self, type_url: &'static str, view: &View) -> (Vec<Encoded>, Vec<String>) {
+        let node_policies = view.policies_of(&self.node);
+        match &self.baseline {
+            Baseline::Resume(held) => {
+                let empty = BTreeMap::new();
+                let held = held.get(type_url).unwrap_or(&empty);
+                let current: Vec<&Encoded> = match type_url {
+                    MESH_CONFIG => view.mesh.iter().collect(),
+                    WORKLOAD => view.workloads.values().collect(),
+                    SERVICE => view.services.values().collect(),
+                    _ => node_policies.values().collect(),
+                };
+                let mut send = Vec::new();
+                let mut names = BTreeSet::new();
+                for e in current {
+                    names.insert(&*e.name);
+                    if held.get(&*e.name).map(String::as_str) != Some(&*e.version) {
+                        send.push(e.clone());
+                    }
+                }
+                let removed = held
+                    .keys()
+                    .filter(|n| !names.contains(n.as_str()))
+                    .cloned()
+                    .collect();
+                (send, removed)
+            }
+            Baseline::View(b) => match type_url {
+                MESH_CONFIG => {
+                    if b.mesh.as_ref().map(|e| &e.version) == view.mesh.as_ref().map(|e| &e.version)
+                    {
+                        (Vec::new(), Vec::new())
+                    } else {
+                        match &view.mesh {
+                            Some(m) => (vec![m.clone()], Vec::new()),
+                            None => (
+                                Vec::new(),
+                                b.mesh.iter().map(|m| m.name.to_string()).collect(),
+                            ),
+                        }
+                    }
+                }
+                WORKLOAD | SERVICE => {
+                    let (old, new) = if type_url == WORKLOAD {
+                        (&b.workloads, &view.workloads)
+                    } else {
+                        (&b.services, &view.services)
+                    };
+                    match view.changes_since(b.seq) {
+                        Some((w, s)) => {
+                            let names = if type_url == WORKLOAD { w } else { s };
+                            diff_names(names.iter().map(|n| &**n), old, new)
+                        }
+                        None => diff_maps(old, new),
+                    }
+                }
+                POLICY => diff_policies(&b.policies_of(&self.node), &node_policies),
+                _ => (Vec::new(), Vec::new()),
+            },
+        }
+    }
+}
+
+/// Differences for the given names only.
+fn diff_names<'a>(
+    names: impl Iterator<Item = &'a str>,
+    old: &Resources,
+    new: &Resources,
+) -> (Vec<Encoded>, Vec<String>) {
+    let mut send = Vec::new();
+    let mut removed = Vec::new();
+    for n in names {
+        match (old.get(n), new.get(n)) {
+            (_, Some(e)) if old.get(n).map(|o| &o.version) != Some(&e.version) => {
+                send.push(e.clone())
+            }
+            (Some(_), None) => removed.push(n.to_owned()),
+            _ => {}
+        }
+    }
+    (send, removed)
+}
+
+/// Differences between two whole maps (a stream the change log no longer covers).
+fn diff_maps(old: &Resources, new: &Resources) -> (Vec<Encoded>, Vec<String>) {
+    if std::ptr::eq(old, new) {
+        return (Vec::new(), Vec::new());
+    }
+    let send = new
+        .iter()
+        .filter(|(n, e)| old.get(*n).map(|o| &o.version) != Some(&e.version))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|n| !new.contains_key(*n))
+        .map(|n| n.to_string())
+        .collect();
+    (send, removed)
+}
+
+fn diff_policies(old: &NodePolicies, new: &NodePolicies) -> (Vec<Encoded>, Vec<String>) {
+    let send = new
+        .iter()
+        .filter(|(n, e)| old.get(*n).map(|o| &o.version) != Some(&e.version))
+        .map(|(_, e)| e.clone())
+        .collect();
+    let removed = old
+        .keys()
+        .filter(|n| !new.contains_key(*n))
+        .map(|n| n.to_string())
+        .collect();
+    (send, removed)
+}

@@ -1,0 +1,435 @@
+//! The proxy's side of the control stream (xDS delta, see `control/src/xds.rs`).
+//!
+//! The proxy dials the control component over TLS 1.3, requiring its SVID
+//! (`ward-system/ward-control` in the mesh's trust domain, checked against the trust bundle —
+//! the bootstrap file until the stream delivers the mesh's own), authenticates with its node
+//! credential, subscribes to ward's four types and tells what it already holds.
+//!
+//! A push (one response per type) is applied as one unit when its last response arrives:
+//! every resource is decoded and checked, the policy set compiled, and a complete snapshot
+//! assembled; only then is it installed and every response ACKed. If anything is wrong, all
+//! of the push is NACKed with the reason and nothing the proxy enforces changes. When the
+//! stream breaks, the last good configuration stays in force and the proxy reconnects with
+//! jittered exponential backoff, resuming with the versions it holds. A proxy that never had
+//! a configuration is not ready and forwards nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::mpsc;
+use ward_lib_api::config::{Snapshot, Workload};
+use ward_lib_api::control as pb;
+use ward_lib_api::resources::{
+    self, short_type, Mesh, MESH_CONFIG, MESH_NAME, POLICY, SERVICE, TYPES, WORKLOAD,
+};
+use ward_lib_api::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use ward_lib_api::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
+use ward_lib_identity::{SpiffeId, TrustDomain};
+use ward_lib_policy::PolicySet;
+
+use crate::state::State;
+
+/// How to reach the control component.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub address: SocketAddr,
+    /// `namespace/service-account` of the control component.
+    pub identity: String,
+    /// Trust domain of the control component's identity until a configuration names it.
+    pub trust_domain: TrustDomain,
+    /// The node credential (re-read at every connection: projected tokens rotate on disk).
+    pub token_file: PathBuf,
+}
+
+/// Runs the control stream forever (spawn it).
+pub async fn run(state: Arc<State>, settings: ControlSettings) {
+    let mut store = Store::default();
+    let mut failures: u32 = 0;
+    loop {
+        match session(&state, &settings, &mut store).await {
+            Ok(()) => failures = 0,
+            Err(SessionError { applied, message }) => {
+                if applied {
+                    failures = 0;
+                }
+                failures += 1;
+                let base = (0.5 * 2f64.powi(failures.min(10) as i32 - 1)).min(30.0);
+                let wait = base * (0.5 + rand::random::<f64>());
+                tracing::warn!(error = %message, retry_in_s = format!("{wait:.1}"), configured = state.snapshot().is_some(), "control stream lost; keeping the last good configuration");
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+        }
+    }
+}
+
+struct SessionError {
+    /// Whether this session applied at least one push (the backoff restarts).
+    applied: bool,
+    message: String,
+}
+
+/// One connection: subscribe, then apply pushes until the stream ends.
+async fn session(
+    state: &Arc<State>,
+    settings: &ControlSettings,
+    store: &mut Store,
+) -> Result<(), SessionError> {
+    let mut applied = false;
+    let err = |applied: bool, message: String| SessionError { applied, message };
+    let td = state
+        .snapshot()
+        .map_or_else(|| settings.trust_domain.clone(), |s| s.trust_domain.clone());
+    let (ns, sa) = settings.identity.split_once('/').ok_or_else(|| {
+        err(
+            false,
+            "control identity must be namespace/service-account".into(),
+        )
+    })?;
+    let control_id =
+        SpiffeId::for_service_account(&td, ns, sa).map_err(|e| err(false, e.to_string()))?;
+    let token = std::fs::read_to_string(&settings.token_file).map_err(|e| {
+        err(
+            false,
+            format!("reading {}: {e}", settings.token_file.display()),
+        )
+    })?;
+    let channel = ward_lib_api::ca_client::svid_channel(
+        settings.address,
+        state.bundle.clone(),
+        control_id,
+        None,
+    )
+    .map_err(|e| err(false, e.to_string()))?;
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 * 1024 * 1024);
+
+    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
+    for type_url in TYPES {
+        let held = store.held(type_url);
+        let _ = tx
+            .send(DeltaDiscoveryRequest {
+                node: Some(Node {
+                    id: state.node.clone(),
+                    cluster: String::new(),
+                }),
+                type_url: type_url.to_owned(),
+                initial_resource_versions: held,
+                ..Default::default()
+            })
+            .await;
+    }
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let auth = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| err(false, "the token is not valid header text".into()))?;
+    request.metadata_mut().insert("authorization", auth);
+    let mut responses = client
+        .delta_aggregated_resources(request)
+        .await
+        .map_err(|s| err(false, format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner();
+    tracing::info!(address = %settings.address, "control stream open");
+
+    let mut staged: Vec<DeltaDiscoveryResponse> = Vec::new();
+    loop {
+        let msg = responses
+            .message()
+            .await
+            .map_err(|s| err(applied, format!("{:?}: {}", s.code(), s.message())))?;
+        let Some(resp) = msg else {
+            return Err(err(
+                applied,
+                "the control component closed the stream".into(),
+            ));
+        };
+        let last = resp.type_url == POLICY;
+        staged.push(resp);
+        if !last {
+            continue;
+        }
+        let push = std::mem::take(&mut staged);
+        let seq = push
+            .last()
+            .map(|r| r.system_version_info.clone())
+            .unwrap_or_default();
+        let outcome = store.apply(&state.node, &push, &seq);
+        let error = match outcome {
+            Ok(snapshot) => {
+                state.install(snapshot);
+                applied = true;
+                None
+            }
+            Err(e) => {
+                tracing::error!(push = %seq, error = %e, "control update rejected (NACK); the previous configuration stays in force");
+                Some(ward_lib_api::rpc::Status {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: e,
+                    details: Vec::new(),
+                })
+            }
+        };
+        for r in &push {
+            tx.send(DeltaDiscoveryRequest {
+                type_url: r.type_url.clone(),
+                response_nonce: r.nonce.clone(),
+                error_detail: error.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|_| err(applied, "the request stream closed".into()))?;
+        }
+    }
+}
+
+/// What the proxy holds of each type, and the resolved forms it reuses between pushes.
+#[derive(Default)]
+pub struct Store {
+    mesh: Option<(String, pb::MeshConfig)>,
+    workloads: HashMap<String, (String, pb::Workload)>,
+    services: HashMap<String, (String, pb::Service)>,
+    policies: HashMap<String, (String, String)>,
+    checked_mesh: Option<Mesh>,
+    policy_set: Option<Arc<PolicySet>>,
+    resolved: HashMap<String, Arc<Workload>>,
+}
+
+/// One pending change to a held resource.
+enum Change<T> {
+    Put(String, String, T),
+    Remove(String),
+}
+
+impl Store {
+    /// Name → version of what is held of `type_url` (sent when resuming).
+    pub fn held(&self, type_url: &str) -> BTreeMap<String, String> {
+        match type_url {
+            MESH_CONFIG => self
+                .mesh
+                .iter()
+                .map(|(v, _)| (MESH_NAME.to_owned(), v.clone()))
+                .collect(),
+            WORKLOAD => versions(&self.workloads),
+            SERVICE => versions(&self.services),
+            POLICY => versions(&self.policies),
+            _ => BTreeMap::new(),
+        }
+    }
+
+    /// Applies a push as one unit: the new snapshot, or the reason it cannot be used (and
+    /// then nothing held changes).
+    pub fn apply(
+        &mut self,
+        node: &str,
+        push: &[DeltaDiscoveryResponse],
+        seq: &str,
+    ) -> Result<Snapshot, String> {
+        let mut mesh = Vec::new();
+        let mut workloads = Vec::new();
+        let mut services = Vec::new();
+        let mut policies = Vec::new();
+        for r in push {
+            match r.type_url.as_str() {
+                MESH_CONFIG => decode_into(r, &mut mesh)?,
+                WORKLOAD => decode_into(r, &mut workloads)?,
+                SERVICE => decode_into(r, &mut services)?,
+                POLICY => decode_into::<pb::Policy>(r, &mut policies)?,
+                other => return Err(format!("unknown resource type {other:?}")),
+            }
+        }
+        let policies: Vec<Change<String>> = policies
+            .into_iter()
+            .map(|c| match c {
+                Change::Put(n, v, p) => Change::Put(n, v, p.document),
+                Change::Remove(n) => Change::Remove(n),
+            })
+            .collect();
+
+        // Mesh and policies first: workloads are resolved with them.
+        let mesh_changed = !mesh.is_empty();
+        let mut next_mesh = self.mesh.clone();
+        for c in mesh {
+            match c {
+                Change::Put(n, v, m) if n == MESH_NAME => next_mesh = Some((v, m)),
+                Change::Put(n, ..) => {
+                    return Err(format!(
+                        "MeshConfig {n}: the one MeshConfig is named {MESH_NAME:?}"
+                    ))
+                }
+                Change::Remove(_) => next_mesh = None,
+            }
+        }
+        let (_, mesh_pb) = next_mesh
+            .as_ref()
+            .ok_or("no MeshConfig: the trust domain and bundle are unknown")?;
+        let checked = if mesh_changed || self.checked_mesh.is_none() {
+            Mesh::from_pb(mesh_pb).map_err(|e| e.to_string())?
+        } else {
+            self.checked_mesh.clone().ok_or("no MeshConfig")?
+        };
+        let policies_changed = mesh_changed || !policies.is_empty() || self.policy_set.is_none();
+        let mut next_policies = None;
+        if policies_changed {
+            let mut docs: HashMap<&str, &str> = self
+                .policies
+                .iter()
+                .map(|(n, (_, d))| (n.as_str(), d.as_str()))
+                .collect();
+            for c in &policies {
+                match c {
+                    Change::Put(n, _, d) => {
+                        docs.insert(n, d);
+                    }
+                    Change::Remove(n) => {
+                        docs.remove(n.as_str());
+                    }
+                }
+            }
+            let mut docs: Vec<(&str, &str)> = docs.into_iter().collect();
+            docs.sort();
+            let set =
+                PolicySet::parse(&checked.root_namespace, checked.trust(), docs).map_err(|es| {
+                    es.iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                })?;
+            next_policies = Some(Arc::new(set));
+        }
+        let policy_set = next_policies
+            .clone()
+            .or_else(|| self.policy_set.clone())
+            .ok_or("no policy set")?;
+
+        // Workloads: resolve the changed ones (and, when policies or the mesh changed, the
+        // local ones — their policies — or all of them, for a new trust domain).
+        let mut resolved_changes: Vec<(String, Option<Arc<Workload>>)> = Vec::new();
+        let mut changed_names = std::collections::HashSet::new();
+        for c in &workloads {
+            match c {
+                Change::Put(n, _, w) => {
+                    let r =
+                        resources::workload_from_pb(n, w, &checked.trust_domain, &policy_set, node)
+                            .map_err(|e| e.to_string())?;
+                    resolved_changes.push((n.clone(), Some(Arc::new(r))));
+                    changed_names.insert(n.clone());
+                }
+                Change::Remove(n) => {
+                    resolved_changes.push((n.clone(), None));
+                    changed_names.insert(n.clone());
+                }
+            }
+        }
+        let td_changed = self
+            .checked_mesh
+            .as_ref()
+            .is_some_and(|m| m.trust_domain != checked.trust_domain);
+        if policies_changed {
+            for (n, (_, w)) in &self.workloads {
+                if changed_names.contains(n) || !(td_changed || w.node == node) {
+                    continue;
+                }
+                let r = resources::workload_from_pb(n, w, &checked.trust_domain, &policy_set, node)
+                    .map_err(|e| e.to_string())?;
+                resolved_changes.push((n.clone(), Some(Arc::new(r))));
+            }
+        }
+
+        // Apply to the held maps, remembering how to undo, then assemble.
+        let mut undo_resolved = Vec::with_capacity(resolved_changes.len());
+        for (n, r) in resolved_changes {
+            let old = match r {
+                Some(r) => self.resolved.insert(n.clone(), r),
+                None => self.resolved.remove(&n),
+            };
+            undo_resolved.push((n, old));
+        }
+        let undo_services = apply_changes(&mut self.services, services);
+        let assembled = Snapshot::assemble(
+            &checked,
+            policy_set,
+            self.resolved.values().cloned(),
+            self.services.iter().map(|(n, (_, s))| (n.as_str(), s)),
+            seq.to_owned(),
+        );
+        match assembled {
+            Ok(snapshot) => {
+                apply_changes(&mut self.workloads, workloads);
+                apply_changes(&mut self.policies, policies);
+                self.mesh = next_mesh;
+                self.checked_mesh = Some(checked);
+                if next_policies.is_some() {
+                    self.policy_set = next_policies;
+                }
+                Ok(snapshot)
+            }
+            Err(e) => {
+                for (n, old) in undo_resolved.into_iter().rev() {
+                    match old {
+                        Some(w) => self.resolved.insert(n, w),
+                        None => self.resolved.remove(&n),
+                    };
+                }
+                for (n, old) in undo_services.into_iter().rev() {
+                    match old {
+                        Some(s) => self.services.insert(n, s),
+                        None => self.services.remove(&n),
+                    };
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+fn versions<T>(m: &HashMap<String, (String, T)>) -> BTreeMap<String, String> {
+    m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect()
+}
+
+/// Applies changes to a held map; returns what each name held before, for undoing.
+fn apply_changes<T>(
+    map: &mut HashMap<String, (String, T)>,
+    changes: Vec<Change<T>>,
+) -> Vec<(String, Option<(String, T)>)> {
+    changes
+        .into_iter()
+        .map(|c| match c {
+            Change::Put(n, v, t) => {
+                let old = map.insert(n.clone(), (v, t));
+                (n, old)
+            }
+            Change::Remove(n) => {
+                let old = map.remove(&n);
+                (n, old)
+            }
+        })
+        .collect()
+}
+
+/// Decodes a response's resources of type `T`; every error names the resource.
+fn decode_into<T: Message + Default>(
+    r: &DeltaDiscoveryResponse,
+    out: &mut Vec<Change<T>>,
+) -> Result<(), String> {
+    let short = short_type(&r.type_url);
+    for res in &r.resources {
+        let any = res
+            .resource
+            .as_ref()
+            .ok_or_else(|| format!("{short} {}: no payload", res.name))?;
+        if any.type_url != r.type_url {
+            return Err(format!(
+                "{short} {}: payload is a {}, not a {short}",
+                res.name, any.type_url
+            ));
+        }
+        let msg = T::decode(any.value.clone())
+            .map_err(|e| format!("{short} {}: undecodable: {e}", res.name))?;
+        out.push(Change::Put(res.name.clone(), res.version.clone(), msg));
+    }
+    out.extend(r.removed_resources.iter().cloned().map(Change::Remove));
+    Ok(())
+}
