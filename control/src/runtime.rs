@@ -77,6 +77,45 @@ pub struct Args {
 /// Runs the control component until SIGTERM / Ctrl-C.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(config = ?args, "ward-control starting");
+    let client = if args.local_mesh.is_some() {
+        None
+    } else {
+        Some(kube::Client::try_default().await.map_err(|e| {
+            anyhow::anyhow!("connecting to the Kubernetes API (in-cluster or KUBECONFIG): {e}")
+        })?)
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+    let running = start(args, client).await?;
+    running.serve(listener, shutdown_signal()).await
+}
+
+/// A started control component: sources, index and services, not yet listening.
+pub struct Running {
+    pub views: watch::Receiver<Arc<View>>,
+    pub xds_stats: Arc<XdsStats>,
+    pub identity: SpiffeId,
+    cert: Arc<ward_ca::server::ServingCert>,
+    issuer: IssuerService,
+    xds: XdsServer,
+}
+
+impl Running {
+    /// Serves the CA and the control stream on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        tracing::info!(listen = ?listener.local_addr().ok(), identity = %self.identity, "serving the CA and the control stream");
+        crate::server::serve(listener, self.cert, self.issuer, self.xds, shutdown).await
+    }
+}
+
+/// Starts the sources and the index, and prepares the services (Kubernetes mode uses
+/// `client`; local mode needs none).
+pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<Running> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
     let (views_tx, views_rx) = watch::channel(Arc::new(View::default()));
@@ -107,11 +146,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             (Some(_), None) => anyhow::bail!("--local-mesh needs --local-ca (the CA directory)"),
             _ => {
-                let client = kube::Client::try_default().await.map_err(|e| {
-                    anyhow::anyhow!(
-                        "connecting to the Kubernetes API (in-cluster or KUBECONFIG): {e}"
-                    )
-                })?;
+                let client =
+                    client.ok_or_else(|| anyhow::anyhow!("Kubernetes mode needs an API client"))?;
                 let td = TrustDomain::parse(&args.trust_domain)
                     .map_err(|e| anyhow::anyhow!("--trust-domain {:?}: {e}", args.trust_domain))?;
                 let (authority, pem) = crate::ca::load_or_create_root(
@@ -188,12 +224,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             ..IssuePolicy::default()
         },
     );
-    let xds = XdsServer::new(views_rx, authn, xds_stats);
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
-    tracing::info!(listen = %args.listen, identity = %id, "serving the CA and the control stream");
-    crate::server::serve(listener, cert, issuer, xds, shutdown_signal()).await
+    let xds = XdsServer::new(views_rx.clone(), authn, xds_stats.clone());
+    Ok(Running {
+        views: views_rx,
+        xds_stats,
+        identity: id,
+        cert,
+        issuer,
+        xds,
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,1155 @@
+//! A stateful fake Kubernetes API server for tests: real HTTP on loopback, so the code under
+//! test runs kube-rs's own clients and watchers against it.
+//!
+//! It keeps objects and implements what ward relies on as the API server documents it — not a
+//! replay of canned answers:
+//! - **list** with a collection `resourceVersion`, label and field selectors
+//!   (`metadata.name`, `metadata.namespace`);
+//! - **watch** from a resourceVersion (history replayed, then live events), `BOOKMARK`s when
+//!   asked (`allowWatchBookmarks`), `timeoutSeconds`, and `410 Gone` (an `ERROR` event with
+//!   reason `Expired`) for a resourceVersion older than the compacted history;
+//! - **get / create / replace / delete**, with `409 AlreadyExists` on create and `409 Conflict`
+//!   on a replace with a stale resourceVersion; `uid`, `creationTimestamp`, `generation`
+//!   (bumped when anything but metadata and status changes);
+//! - **patch**: JSON merge patch, strategic merge (as a merge patch) and server-side apply
+//!   (`application/apply-patch+yaml`, a field manager required, recorded in `managedFields`);
+//!   the `status` subresource is written only through `/status`;
+//! - **TokenReview**: tokens registered by the test, with audiences, expiry and the pod-bound
+//!   node claim, answered as the API server would (unknown, expired and wrong-audience tokens
+//!   are not authenticated).
+//!
+//! Test controls: [`FakeApiServer::drop_watches`] cuts every open watch (as a lost connection
+//! would), [`FakeApiServer::compact`] forgets history (so resuming watches get `410 Gone`).
+//! Simplifications, stated: one resourceVersion counter for all kinds (as etcd has), no
+//! authentication of the caller, no pagination (`limit` is honoured by returning everything,
+//! which the API allows), server-side apply merges the applied fields instead of tracking
+//! field ownership per field.
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::sync::{broadcast, mpsc, watch};
+
+/// One kind the server knows.
+#[derive(Debug, Clone)]
+struct Kind {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    /// Writes to the main resource leave `.status` alone (a status subresource).
+    status_subresource: bool,
+}
+
+const KINDS: &[Kind] = &[
+    k("", "v1", "Pod", "pods", true, true),
+    k("", "v1", "Service", "services", true, true),
+    k("", "v1", "Namespace", "namespaces", false, true),
+    k("", "v1", "Node", "nodes", false, true),
+    k("", "v1", "Secret", "secrets", true, false),
+    k("", "v1", "ConfigMap", "configmaps", true, false),
+    k("", "v1", "ServiceAccount", "serviceaccounts", true, false),
+    k("", "v1", "Event", "events", true, false),
+    k(
+        "discovery.k8s.io",
+        "v1",
+        "EndpointSlice",
+        "endpointslices",
+        true,
+        false,
+    ),
+    k("events.k8s.io", "v1", "Event", "events", true, false),
+    k("coordination.k8s.io", "v1", "Lease", "leases", true, false),
+    k(
+        "security.ward.dev",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+        true,
+    ),
+    k(
+        "security.ward.dev",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+        true,
+        true,
+    ),
+    k(
+        "security.istio.io",
+        "v1",
+        "AuthorizationPolicy",
+        "authorizationpolicies",
+        true,
+        true,
+    ),
+    k(
+        "security.istio.io",
+        "v1",
+        "PeerAuthentication",
+        "peerauthentications",
+        true,
+        true,
+    ),
+    k(
+        "admissionregistration.k8s.io",
+        "v1",
+        "ValidatingWebhookConfiguration",
+        "validatingwebhookconfigurations",
+        false,
+        false,
+    ),
+    k(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        true,
+    ),
+    k(
+        "authentication.k8s.io",
+        "v1",
+        "TokenReview",
+        "tokenreviews",
+        false,
+        false,
+    ),
+];
+
+const fn k(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    status_subresource: bool,
+) -> Kind {
+    Kind {
+        group,
+        version,
+        kind,
+        plural,
+        namespaced,
+        status_subresource,
+    }
+}
+
+impl Kind {
+    fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    fn id(&self) -> (&'static str, &'static str) {
+        (self.group, self.plural)
+    }
+}
+
+/// A token the fake TokenReview knows.
+#[derive(Debug, Clone)]
+pub struct TokenInfo {
+    /// e.g. `system:serviceaccount:ward-system:ward-proxy`
+    pub username: String,
+    pub audiences: Vec<String>,
+    /// The node of the pod the token is bound to.
+    pub node: Option<String>,
+    pub expired: bool,
+}
+
+type ObjKey = ((&'static str, &'static str), String, String);
+
+/// A change, as a watch delivers it.
+#[derive(Debug, Clone)]
+struct Change {
+    rv: u64,
+    kind: (&'static str, &'static str),
+    event: &'static str,
+    object: Value,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    objects: BTreeMap<ObjKey, Value>,
+    history: Vec<Change>,
+    /// Watches from a resourceVersion below this get `410 Gone`.
+    compacted: u64,
+    tokens: HashMap<String, TokenInfo>,
+    /// Requests served, by `METHOD path` (for assertions on what clients did).
+    requests: Vec<String>,
+    /// `(METHOD path prefix, barrier)`: matching requests wait until the barrier's count of
+    /// them has arrived (to make races deterministic).
+    rendezvous: Option<(String, Arc<tokio::sync::Barrier>)>,
+}
+
+/// The running server.
+pub struct FakeApiServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<Change>,
+    cut: watch::Sender<u64>,
+    hold: watch::Sender<bool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FakeApiServer {
+    /// Starts on `addr` (port 0 for any) in the current tokio runtime.
+    pub async fn start(addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(Mutex::new(State::default()));
+        let (events, _) = broadcast::channel(65536);
+        let (cut, _) = watch::channel(0u64);
+        let (hold, _) = watch::channel(false);
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let srv = Server {
+            state: state.clone(),
+            events: events.clone(),
+            cut: cut.subscribe(),
+            hold: hold.subscribe(),
+        };
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = &mut stopped => return,
+                    a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+                };
+                let srv = srv.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let srv = srv.clone();
+                        async move { Ok::<_, Infallible>(srv.handle(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            state,
+            events,
+            cut,
+            hold,
+            stop: Some(stop),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig pointing at this server.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\nusers:\n- name: fake\n  user: {{token: fake}}\n",
+            self.url()
+        )
+    }
+
+    /// Registers a token for TokenReview.
+    pub fn add_token(&self, token: &str, info: TokenInfo) {
+        self.lock().tokens.insert(token.to_owned(), info);
+    }
+
+    /// Creates (or replaces) an object as a client would; returns it as stored.
+    pub fn apply(&self, object: Value) -> Value {
+        let kind = kind_of(&object).unwrap_or_else(|| panic!("unknown kind in {object}"));
+        let ns = object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        let key = (kind.id(), ns, name);
+        let mut st = self.lock();
+        let existing = st.objects.get(&key).cloned();
+        match existing {
+            Some(old) => write(
+                &mut st,
+                &self.events,
+                kind,
+                key,
+                Some(&old),
+                object,
+                WriteMode::Replace,
+            ),
+            None => write(
+                &mut st,
+                &self.events,
+                kind,
+                key,
+                None,
+                object,
+                WriteMode::Create,
+            ),
+        }
+    }
+
+    /// Deletes an object; whether it existed.
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> bool {
+        let k = KINDS
+            .iter()
+            .find(|k| k.api_version() == api_version && k.kind == kind)
+            .unwrap_or_else(|| panic!("unknown kind {api_version} {kind}"));
+        let mut st = self.lock();
+        delete(
+            &mut st,
+            &self.events,
+            k,
+            &(k.id(), namespace.to_owned(), name.to_owned()),
+        )
+        .is_some()
+    }
+
+    /// The stored object, if any.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let k = KINDS
+            .iter()
+            .find(|k| k.api_version() == api_version && k.kind == kind)?;
+        self.lock()
+            .objects
+            .get(&(k.id(), namespace.to_owned(), name.to_owned()))
+            .cloned()
+    }
+
+    /// Every stored object of a kind.
+    pub fn list(&self, api_version: &str, kind: &str) -> Vec<Value> {
+        let Some(k) = KINDS
+            .iter()
+            .find(|k| k.api_version() == api_version && k.kind == kind)
+        else {
+            return Vec::new();
+        };
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((id, _, _), _)| *id == k.id())
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Cuts every open watch, as a dropped connection would.
+    pub fn drop_watches(&self) {
+        self.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Cuts every open watch and holds new watch requests (they wait, as behind a network
+    /// outage) until [`FakeApiServer::compact`] or [`FakeApiServer::release_watches`].
+    pub fn drop_and_hold_watches(&self) {
+        self.hold.send_replace(true);
+        self.drop_watches();
+    }
+
+    /// Lets held watch requests proceed.
+    pub fn release_watches(&self) {
+        self.hold.send_replace(false);
+    }
+
+    /// Forgets the change history: a watch resuming from before now gets `410 Gone`. Releases
+    /// held watches.
+    pub fn compact(&self) {
+        {
+            let mut st = self.lock();
+            st.compacted = st.rv;
+            st.history.clear();
+        }
+        self.release_watches();
+    }
+
+    /// The next `n` requests starting with `prefix` (`METHOD /path`) each wait until all `n`
+    /// have arrived, then proceed together: two clients racing through get-then-create are
+    /// made to race for real.
+    pub fn rendezvous(&self, prefix: &str, n: usize) {
+        self.lock().rendezvous = Some((prefix.to_owned(), Arc::new(tokio::sync::Barrier::new(n))));
+    }
+
+    /// Requests served so far (`METHOD path?query`).
+    pub fn requests(&self) -> Vec<String> {
+        self.lock().requests.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for FakeApiServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        self.drop_watches();
+    }
+}
+
+fn kind_of(object: &Value) -> Option<&'static Kind> {
+    let av = object["apiVersion"].as_str()?;
+    let kind = object["kind"].as_str()?;
+    KINDS
+        .iter()
+        .find(|k| k.api_version() == av && k.kind == kind)
+}
+
+#[derive(Clone)]
+struct Server {
+    state: Arc<Mutex<State>>,
+    events: broadcast::Sender<Change>,
+    cut: watch::Receiver<u64>,
+    hold: watch::Receiver<bool>,
+}
+
+type Body = http_body_util::combinators::BoxBody<Bytes, std::io::Error>;
+
+fn full(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(v.to_string()))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn status(code: u16, reason: &str, message: String) -> Response<Body> {
+    full(
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code}),
+    )
+}
+
+/// A parsed request path.
+struct Target {
+    kind: &'static Kind,
+    namespace: Option<String>,
+    name: Option<String>,
+    subresource: Option<String>,
+}
+
+fn parse_path(path: &str) -> Option<Target> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let find = |plural: &str| {
+        KINDS
+            .iter()
+            .find(|k| k.group == group && k.version == version && k.plural == plural)
+    };
+    match rest {
+        ["namespaces", ns, plural, more @ ..] if find(plural).is_some_and(|k| k.namespaced) => {
+            Some(Target {
+                kind: find(plural)?,
+                namespace: Some((*ns).to_owned()),
+                name: more.first().map(|s| (*s).to_owned()),
+                subresource: more.get(1).map(|s| (*s).to_owned()),
+            })
+        }
+        [plural, more @ ..] => Some(Target {
+            kind: find(plural)?,
+            namespace: None,
+            name: more.first().map(|s| (*s).to_owned()),
+            subresource: more.get(1).map(|s| (*s).to_owned()),
+        }),
+        _ => None,
+    }
+}
+
+fn query(uri: &http::Uri) -> HashMap<String, String> {
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match h.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Label (`k=v,k2=v2`, `k!=v`, `k`) and field (`metadata.name=`, `metadata.namespace=`)
+/// selectors.
+#[derive(Default, Clone)]
+struct Selector {
+    labels: Vec<(String, Option<String>, bool)>,
+    fields: Vec<(String, String)>,
+}
+
+impl Selector {
+    fn from(q: &HashMap<String, String>) -> Self {
+        let mut s = Selector::default();
+        for part in q
+            .get("labelSelector")
+            .into_iter()
+            .flat_map(|l| l.split(','))
+        {
+            let part = part.trim();
+            if part.is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = part.split_once("!=") {
+                s.labels.push((k.to_owned(), Some(v.to_owned()), false));
+            } else if let Some((k, v)) = part.split_once('=') {
+                s.labels.push((
+                    k.to_owned(),
+                    Some(v.trim_start_matches('=').to_owned()),
+                    true,
+                ));
+            } else {
+                s.labels.push((part.to_owned(), None, true));
+            }
+        }
+        for part in q
+            .get("fieldSelector")
+            .into_iter()
+            .flat_map(|l| l.split(','))
+        {
+            if let Some((k, v)) = part.split_once('=') {
+                s.fields
+                    .push((k.to_owned(), v.trim_start_matches('=').to_owned()));
+            }
+        }
+        s
+    }
+
+    fn matches(&self, o: &Value) -> bool {
+        let labels = &o["metadata"]["labels"];
+        self.labels.iter().all(|(k, v, eq)| {
+            let have = labels[k].as_str();
+            match (v, eq) {
+                (None, _) => have.is_some(),
+                (Some(v), true) => have == Some(v.as_str()),
+                (Some(v), false) => have != Some(v.as_str()),
+            }
+        }) && self.fields.iter().all(|(k, v)| {
+            let have = match k.as_str() {
+                "metadata.name" => o["metadata"]["name"].as_str(),
+                "metadata.namespace" => o["metadata"]["namespace"].as_str(),
+                _ => None,
+            };
+            have == Some(v.as_str())
+        })
+    }
+}
+
+enum WriteMode {
+    Create,
+    Replace,
+    /// Only `.status` changes.
+    Status,
+}
+
+/// Stores a new version of an object (bumping the resourceVersion, keeping server-owned
+/// metadata) and records the change.
+fn write(
+    st: &mut State,
+    events: &broadcast::Sender<Change>,
+    kind: &'static Kind,
+    key: ObjKey,
+    old: Option<&Value>,
+    mut object: Value,
+    mode: WriteMode,
+) -> Value {
+    st.rv += 1;
+    let rv = st.rv;
+    if !object["metadata"].is_object() {
+        object["metadata"] = json!({});
+    }
+    object["apiVersion"] = json!(kind.api_version());
+    object["kind"] = json!(kind.kind);
+    match (old, &mode) {
+        (Some(old), _) => {
+            for f in ["uid", "creationTimestamp", "generation"] {
+                object["metadata"][f] = old["metadata"][f].clone();
+            }
+            if object["metadata"]["managedFields"].is_null() {
+                object["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+            }
+            match mode {
+                WriteMode::Status => {
+                    let status = object["status"].clone();
+                    object = old.clone();
+                    object["status"] = status;
+                }
+                _ => {
+                    if kind.status_subresource {
+                        object["status"] = old["status"].clone();
+                    }
+                    let strip = |v: &Value| {
+                        let mut v = v.clone();
+                        if let Some(m) = v.as_object_mut() {
+                            m.remove("metadata");
+                            m.remove("status");
+                        }
+                        v
+                    };
+                    if strip(old) != strip(&object) {
+                        let g = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                        object["metadata"]["generation"] = json!(g + 1);
+                    }
+                }
+            }
+        }
+        (None, _) => {
+            object["metadata"]["uid"] = json!(format!("uid-{rv}"));
+            object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
+            object["metadata"]["generation"] = json!(1);
+        }
+    }
+    if object.get("status").is_some_and(Value::is_null) {
+        if let Some(m) = object.as_object_mut() {
+            m.remove("status");
+        }
+    }
+    object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
+    st.objects.insert(key, object.clone());
+    let change = Change {
+        rv,
+        kind: kind.id(),
+        event,
+        object: object.clone(),
+    };
+    st.history.push(change.clone());
+    let _ = events.send(change);
+    object
+}
+
+fn delete(
+    st: &mut State,
+    events: &broadcast::Sender<Change>,
+    kind: &'static Kind,
+    key: &ObjKey,
+) -> Option<Value> {
+    let mut object = st.objects.remove(key)?;
+    st.rv += 1;
+    object["metadata"]["resourceVersion"] = json!(st.rv.to_string());
+    let change = Change {
+        rv: st.rv,
+        kind: kind.id(),
+        event: "DELETED",
+        object: object.clone(),
+    };
+    st.history.push(change.clone());
+    let _ = events.send(change);
+    Some(object)
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+impl Server {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let line = format!(
+            "{method} {}",
+            uri.path_and_query().map_or("", |p| p.as_str())
+        );
+        let barrier = {
+            let mut st = self.lock();
+            st.requests.push(line.clone());
+            st.rendezvous
+                .as_ref()
+                .filter(|(prefix, _)| line.starts_with(prefix.as_str()))
+                .map(|(_, b)| b.clone())
+        };
+        if let Some(b) = barrier {
+            if b.wait().await.is_leader() {
+                self.lock().rendezvous = None;
+            }
+        }
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => return status(400, "BadRequest", format!("reading the body: {e}")),
+        };
+        let Some(t) = parse_path(uri.path()) else {
+            return status(
+                404,
+                "NotFound",
+                format!(
+                    "the server could not find the requested resource ({})",
+                    uri.path()
+                ),
+            );
+        };
+        let q = query(&uri);
+        #[allow(clippy::result_large_err)] // reason: the error is the response to send
+        let parse_body = || -> Result<Value, Response<Body>> {
+            // JSON is YAML: apply patches (YAML) and JSON bodies parse the same way.
+            serde_yaml::from_slice::<Value>(&body)
+                .map_err(|e| status(400, "BadRequest", format!("body is not JSON/YAML: {e}")))
+        };
+        match (method, &t.name) {
+            (Method::GET, None) => {
+                let sel = Selector::from(&q);
+                if matches!(q.get("watch").map(String::as_str), Some("true" | "1")) {
+                    let _ = self.hold.clone().wait_for(|h| !*h).await;
+                    self.watch(&t, &q, sel)
+                } else {
+                    self.list(&t, sel)
+                }
+            }
+            (Method::GET, Some(name)) => {
+                let key = (
+                    t.kind.id(),
+                    t.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
+                match self.lock().objects.get(&key) {
+                    Some(o) => full(StatusCode::OK, o),
+                    None => not_found(t.kind, name),
+                }
+            }
+            (Method::POST, None) => match parse_body() {
+                Ok(o) if t.kind.kind == "TokenReview" => self.token_review(o),
+                Ok(o) => self.create(&t, o),
+                Err(r) => r,
+            },
+            (Method::PUT, Some(name)) => match parse_body() {
+                Ok(o) => self.replace(&t, name, o),
+                Err(r) => r,
+            },
+            (Method::PATCH, Some(name)) => match parse_body() {
+                Ok(p) => self.patch(&t, name, &content_type, &q, p),
+                Err(r) => r,
+            },
+            (Method::DELETE, Some(name)) => {
+                let key = (
+                    t.kind.id(),
+                    t.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
+                let mut st = self.lock();
+                match delete(&mut st, &self.events, t.kind, &key) {
+                    Some(o) => full(StatusCode::OK, &o),
+                    None => not_found(t.kind, name),
+                }
+            }
+            (m, _) => status(
+                405,
+                "MethodNotAllowed",
+                format!("{m} is not supported here"),
+            ),
+        }
+    }
+
+    /// Answers a TokenReview as the API server does for service-account tokens.
+    fn token_review(&self, mut review: Value) -> Response<Body> {
+        let token = review["spec"]["token"].as_str().unwrap_or("").to_owned();
+        let wanted: Vec<String> = review["spec"]["audiences"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        let info = self.lock().tokens.get(&token).cloned();
+        let status = match info {
+            None => {
+                json!({"authenticated": false, "error": "[invalid bearer token, square/go-jose: error in cryptographic primitive]"})
+            }
+            Some(i) if i.expired => {
+                json!({"authenticated": false, "error": "[invalid bearer token, service account token has expired]"})
+            }
+            Some(i) => {
+                let granted: Vec<&String> = if wanted.is_empty() {
+                    i.audiences.iter().collect()
+                } else {
+                    wanted.iter().filter(|a| i.audiences.contains(a)).collect()
+                };
+                if granted.is_empty() {
+                    json!({"authenticated": false, "error": "[invalid bearer token, token audiences [\"wrong\"] is invalid for the target audiences]"})
+                } else {
+                    let mut extra = serde_json::Map::new();
+                    if let Some(n) = &i.node {
+                        extra.insert("authentication.kubernetes.io/node-name".into(), json!([n]));
+                    }
+                    json!({"authenticated": true, "audiences": granted,
+                           "user": {"username": i.username, "uid": "uid-token", "extra": extra,
+                                    "groups": ["system:serviceaccounts", "system:authenticated"]}})
+                }
+            }
+        };
+        review["status"] = status;
+        review["apiVersion"] = json!("authentication.k8s.io/v1");
+        review["kind"] = json!("TokenReview");
+        full(StatusCode::CREATED, &review)
+    }
+
+    fn list(&self, t: &Target, sel: Selector) -> Response<Body> {
+        let st = self.lock();
+        let items: Vec<Value> = st
+            .objects
+            .iter()
+            .filter(|((id, ns, _), o)| {
+                *id == t.kind.id()
+                    && t.namespace.as_ref().is_none_or(|want| want == ns)
+                    && sel.matches(o)
+            })
+            .map(|(_, o)| o.clone())
+            .collect();
+        full(
+            StatusCode::OK,
+            &json!({
+                "apiVersion": t.kind.api_version(),
+                "kind": format!("{}List", t.kind.kind),
+                "metadata": {"resourceVersion": st.rv.to_string()},
+                "items": items,
+            }),
+        )
+    }
+
+    fn create(&self, t: &Target, mut o: Value) -> Response<Body> {
+        if let Some(ns) = &t.namespace {
+            o["metadata"]["namespace"] = json!(ns);
+        }
+        let Some(name) = o["metadata"]["name"].as_str().map(str::to_owned) else {
+            return status(422, "Invalid", "metadata.name: Required value".into());
+        };
+        let key = (
+            t.kind.id(),
+            t.namespace.clone().unwrap_or_default(),
+            name.clone(),
+        );
+        let mut st = self.lock();
+        if st.objects.contains_key(&key) {
+            return status(
+                409,
+                "AlreadyExists",
+                format!("{} \"{name}\" already exists", t.kind.plural),
+            );
+        }
+        let stored = write(
+            &mut st,
+            &self.events,
+            t.kind,
+            key,
+            None,
+            o,
+            WriteMode::Create,
+        );
+        full(StatusCode::CREATED, &stored)
+    }
+
+    fn replace(&self, t: &Target, name: &str, o: Value) -> Response<Body> {
+        let key = (
+            t.kind.id(),
+            t.namespace.clone().unwrap_or_default(),
+            name.to_owned(),
+        );
+        let mut st = self.lock();
+        let Some(old) = st.objects.get(&key).cloned() else {
+            return not_found(t.kind, name);
+        };
+        if let Some(rv) = o["metadata"]["resourceVersion"].as_str() {
+            if Some(rv) != old["metadata"]["resourceVersion"].as_str() {
+                return status(
+                    409,
+                    "Conflict",
+                    format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your changes to the latest version and try again", t.kind.plural),
+                );
+            }
+        }
+        let mode = if t.subresource.as_deref() == Some("status") {
+            WriteMode::Status
+        } else {
+            WriteMode::Replace
+        };
+        let stored = write(&mut st, &self.events, t.kind, key, Some(&old), o, mode);
+        full(StatusCode::OK, &stored)
+    }
+
+    fn patch(
+        &self,
+        t: &Target,
+        name: &str,
+        content_type: &str,
+        q: &HashMap<String, String>,
+        patch: Value,
+    ) -> Response<Body> {
+        let key = (
+            t.kind.id(),
+            t.namespace.clone().unwrap_or_default(),
+            name.to_owned(),
+        );
+        let mut st = self.lock();
+        let old = st.objects.get(&key).cloned();
+        let apply = content_type.starts_with("application/apply-patch");
+        let status_only = t.subresource.as_deref() == Some("status");
+        let mut next = match (&old, apply) {
+            (Some(o), _) => o.clone(),
+            (None, true) if !status_only => {
+                let mut o = json!({"metadata": {"name": name}});
+                if let Some(ns) = &t.namespace {
+                    o["metadata"]["namespace"] = json!(ns);
+                }
+                o
+            }
+            (None, _) => return not_found(t.kind, name),
+        };
+        if apply {
+            let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
+                return status(
+                    422,
+                    "Invalid",
+                    "fieldManager: Required value: is required for apply patch".into(),
+                );
+            };
+            if patch["apiVersion"].as_str() != Some(&t.kind.api_version())
+                || patch["kind"].as_str() != Some(t.kind.kind)
+            {
+                return status(
+                    400,
+                    "BadRequest",
+                    "apply patches must name apiVersion and kind".into(),
+                );
+            }
+            let mut p = patch.clone();
+            if let Some(m) = p["metadata"].as_object_mut() {
+                m.remove("resourceVersion");
+                m.remove("managedFields");
+            }
+            merge(&mut next, &p);
+            let entry = json!({
+                "manager": manager, "operation": "Apply", "apiVersion": t.kind.api_version(),
+                "fieldsType": "FieldsV1", "subresource": if status_only { "status" } else { "" },
+            });
+            let mut fields: Vec<Value> = next["metadata"]["managedFields"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|f| {
+                    !(f["manager"] == entry["manager"] && f["subresource"] == entry["subresource"])
+                })
+                .collect();
+            fields.push(entry);
+            next["metadata"]["managedFields"] = json!(fields);
+        } else {
+            if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
+                if old
+                    .as_ref()
+                    .and_then(|o| o["metadata"]["resourceVersion"].as_str())
+                    != Some(rv)
+                {
+                    return status(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified", t.kind.plural));
+                }
+            }
+            merge(&mut next, &patch);
+        }
+        let mode = if status_only {
+            WriteMode::Status
+        } else if old.is_some() {
+            WriteMode::Replace
+        } else {
+            WriteMode::Create
+        };
+        let stored = write(&mut st, &self.events, t.kind, key, old.as_ref(), next, mode);
+        full(StatusCode::OK, &stored)
+    }
+
+    fn watch(&self, t: &Target, q: &HashMap<String, String>, sel: Selector) -> Response<Body> {
+        let kind = t.kind;
+        let namespace = t.namespace.clone();
+        let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
+        let timeout = q
+            .get("timeoutSeconds")
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let from: Option<u64> = q
+            .get("resourceVersion")
+            .filter(|s| !s.is_empty() && *s != "0")
+            .and_then(|s| s.parse().ok());
+        let in_scope = move |c: &Change| {
+            c.kind == kind.id()
+                && namespace
+                    .as_ref()
+                    .is_none_or(|ns| c.object["metadata"]["namespace"].as_str() == Some(ns))
+        };
+        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(1024);
+        let line = |v: Value| Ok(Frame::data(Bytes::from(format!("{v}\n"))));
+        // Under the lock: the backlog, and a subscription taken before any later change.
+        let mut live = self.events.subscribe();
+        let (backlog, mut last) = {
+            let st = self.lock();
+            match from {
+                Some(rv) if rv < st.compacted => {
+                    let msg = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "Expired", "code": 410,
+                        "message": format!("too old resource version: {rv} ({})", st.compacted)}});
+                    let _ = tx.try_send(line(msg));
+                    drop(tx);
+                    return stream_response(rx);
+                }
+                Some(rv) => (
+                    st.history
+                        .iter()
+                        .filter(|c| c.rv > rv && in_scope(c))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    st.rv,
+                ),
+                None => (
+                    st.objects
+                        .iter()
+                        .filter(|((id, _, _), _)| *id == kind.id())
+                        .map(|(_, o)| Change {
+                            rv: st.rv,
+                            kind: kind.id(),
+                            event: "ADDED",
+                            object: o.clone(),
+                        })
+                        .filter(|c| in_scope(c))
+                        .collect(),
+                    st.rv,
+                ),
+            }
+        };
+        let mut cut = self.cut.clone();
+        cut.mark_unchanged();
+        tokio::spawn(async move {
+            for c in backlog {
+                if sel.matches(&c.object)
+                    && tx
+                        .send(line(json!({"type": c.event, "object": c.object})))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                let expired = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = expired => return,
+                    _ = cut.changed() => {
+                        // A lost connection: the body ends with an error, not cleanly.
+                        let _ = tx.send(Err(std::io::Error::other("watch cut by the test"))).await;
+                        return;
+                    }
+                    _ = tick.tick(), if bookmarks => {
+                        let bm = json!({"type": "BOOKMARK", "object": {"kind": kind.kind,
+                            "apiVersion": kind.api_version(), "metadata": {"resourceVersion": last.to_string()}}});
+                        if tx.send(line(bm)).await.is_err() { return; }
+                    }
+                    c = live.recv() => match c {
+                        Ok(c) => {
+                            if c.rv <= last { continue; }
+                            last = last.max(c.rv);
+                            if in_scope(&c) && sel.matches(&c.object)
+                                && tx.send(line(json!({"type": c.event, "object": c.object}))).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(Err(std::io::Error::other("watch fell behind"))).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    },
+                }
+            }
+        });
+        stream_response(rx)
+    }
+}
+
+fn stream_response(rx: mpsc::Receiver<Result<Frame<Bytes>, std::io::Error>>) -> Response<Body> {
+    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut r = Response::new(BodyExt::boxed(body));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn not_found(kind: &Kind, name: &str) -> Response<Body> {
+    status(
+        404,
+        "NotFound",
+        format!("{} \"{name}\" not found", kind.plural),
+    )
+}
