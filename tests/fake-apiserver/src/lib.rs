@@ -273,7 +273,9 @@ impl FakeApiServer {
         self.lock().tokens.insert(token.to_owned(), info);
     }
 
-    /// Creates (or replaces) an object as a client would; returns it as stored.
+    /// Creates or replaces an object, status included (as an update of the object followed
+    /// by one of its status, the way a controller and the kubelet would write a pod); returns
+    /// it as stored.
     pub fn apply(&self, object: Value) -> Value {
         let kind = kind_of(&object).unwrap_or_else(|| panic!("unknown kind in {object}"));
         let ns = object["metadata"]["namespace"]
@@ -292,7 +294,7 @@ impl FakeApiServer {
                 key,
                 Some(&old),
                 object,
-                WriteMode::Replace,
+                WriteMode::Everything,
             ),
             None => write(
                 &mut st,
@@ -587,6 +589,8 @@ impl Selector {
 enum WriteMode {
     Create,
     Replace,
+    /// Spec and status together (the test's own writes).
+    Everything,
     /// Only `.status` changes.
     Status,
 }
@@ -624,7 +628,7 @@ fn write(
                     object["status"] = status;
                 }
                 _ => {
-                    if kind.status_subresource {
+                    if kind.status_subresource && !matches!(mode, WriteMode::Everything) {
                         object["status"] = old["status"].clone();
                     }
                     let strip = |v: &Value| {

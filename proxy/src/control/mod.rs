@@ -433,3 +433,6 @@ fn decode_into<T: Message + Default>(
     out.extend(r.removed_resources.iter().cloned().map(Change::Remove));
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
