@@ -149,7 +149,14 @@ fn compile_document(
             "{origin}: expected one policy, found {}",
             docs.len()
         )]),
-        Err(errors) => Err(errors.iter().map(ToString::to_string).collect()),
+        // The object's origin already says which document it is.
+        Err(errors) => Err(errors
+            .into_iter()
+            .map(|mut e| {
+                e.origin = origin.to_owned();
+                e.to_string()
+            })
+            .collect()),
     }
 }
 

@@ -278,8 +278,16 @@ pub fn built(name: &str, release: bool) -> PathBuf {
         .to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&root)
-        .args(["build", "--quiet", "-p", "ward-proxy", "-p", "ward-cli"]);
+    cmd.current_dir(&root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "ward-proxy",
+        "-p",
+        "ward-cli",
+        "-p",
+        "ward-control",
+    ]);
     if release {
         cmd.arg("--release");
     }
@@ -426,6 +434,18 @@ impl Cluster {
 
     /// Starts a long-running process inside `ns`, logging to `<dir>/<label>.log`.
     pub fn spawn(&mut self, label: &str, ns: &str, program: &Path, args: &[&str]) {
+        self.spawn_with_env(label, ns, program, args, &[]);
+    }
+
+    /// [`Cluster::spawn`] with extra environment variables.
+    pub fn spawn_with_env(
+        &mut self,
+        label: &str,
+        ns: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) {
         let log = std::fs::File::create(self.path(&format!("{label}.log")))
             .unwrap_or_else(|e| panic!("{e}"));
         let err = log.try_clone().unwrap_or_else(|e| panic!("{e}"));
@@ -433,6 +453,7 @@ impl Cluster {
             .args(["netns", "exec", ns])
             .arg(program)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(self.dir.path())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -471,6 +492,21 @@ impl Cluster {
                 "--listen",
                 "10.77.0.100:15012",
             ],
+        );
+    }
+
+    /// Starts `ward-control` in Kubernetes mode against the API server `kubeconfig` names
+    /// (tests run the fake API server on the host link, 10.77.0.200).
+    pub fn serve_control_kubernetes(&mut self, kubeconfig: &Path) {
+        let control = built("ward-control", self.release);
+        let ctl = self.ns("ctl");
+        let kubeconfig = kubeconfig.display().to_string();
+        self.spawn_with_env(
+            "control",
+            &ctl,
+            &control,
+            &["--listen", "10.77.0.100:15012"],
+            &[("KUBECONFIG", kubeconfig.as_str())],
         );
     }
 
