@@ -12,10 +12,14 @@
 //! - `idle-memory`: RSS idle and with 1 000 and 10 000 idle tunnelled connections;
 //! - `policy`: the policy decision with 10 000 policies (in process).
 //!
+//! `control-scale` (separate, no root needed) measures the control component at 10 000 pods
+//! and 100 proxies (`control_scale.rs`).
+//!
 //! Writes `target/bench-results/results.{md,json}`, tears everything down (also on failure),
 //! and exits non-zero — naming the tool — when something it needs is missing.
 #![forbid(unsafe_code)]
 
+mod control_scale;
 mod load;
 mod pairs;
 mod procfs;
@@ -40,6 +44,7 @@ const SCENARIOS: &[&str] = &[
 
 const USAGE: &str = "usage: ward-benches [all | SCENARIO…] [--reps N] [--secs S] [--no-pin] [--paths ward,envoy,haproxy] [--profile DIR]
        ward-benches shell [PATH]   |   ward-benches report RESULTS.json
+       ward-benches control-scale [--pods N] [--nodes N] [--proxies N] [--changes N]
 scenarios: throughput latency http-max conn-rate (includes tunnel-rate) idle-memory policy";
 
 struct Opts {
@@ -111,6 +116,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("__load") {
         return load::main(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("control-scale") {
+        return control_scale::main(&args[1..]);
     }
     if args.first().map(String::as_str) == Some("shell") {
         return shell(&args[1..]);

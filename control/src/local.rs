@@ -205,6 +205,39 @@ impl LocalSource {
     }
 }
 
+/// Reloads the CA directory when its files change (every second): switching the signing
+/// certificate and key during a root rotation needs no restart. A directory that does not
+/// load, or names another trust domain, is reported and the current CA stays in force.
+pub async fn watch_ca_dir(
+    dir: PathBuf,
+    authority: std::sync::Arc<arc_swap::ArcSwap<ward_ca::authority::Authority>>,
+) {
+    use ward_ca::authority::files;
+    let stamp = |dir: &Path| -> Vec<Option<std::time::SystemTime>> {
+        [files::ROOT, files::CERT, files::KEY, files::CHAIN, files::TRUST_DOMAIN]
+            .iter()
+            .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
+            .collect()
+    };
+    let mut last = stamp(&dir);
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = stamp(&dir);
+        if now == last {
+            continue;
+        }
+        last = now;
+        match ward_ca::authority::Authority::load_dir(&dir) {
+            Ok(next) if next.trust_domain() == authority.load().trust_domain() => {
+                tracing::info!(dir = %dir.display(), roots = next.roots().len(), "CA directory changed: signing with it from now on");
+                authority.store(std::sync::Arc::new(next));
+            }
+            Ok(next) => tracing::error!(dir = %dir.display(), trust_domain = %next.trust_domain(), "CA directory names another trust domain; ignored"),
+            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "CA directory does not load; the current CA stays in force"),
+        }
+    }
+}
+
 /// Everything read in one poll.
 struct Read {
     /// (mesh file text, bundle PEM) or the error.

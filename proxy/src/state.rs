@@ -12,9 +12,23 @@ use tokio::sync::watch;
 use ward_lib_api::config::{Inputs, Snapshot};
 use ward_lib_identity::{SharedBundle, TrustBundle};
 
+/// What the control stream has done (admin endpoint, metrics, benchmarks).
+#[derive(Debug, Default)]
+pub struct ControlStats {
+    /// Whether a control stream is open.
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Pushes applied (and ACKed).
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Pushes refused (NACKed).
+    pub rejected: std::sync::atomic::AtomicU64,
+    /// Resource payload bytes of the last push applied.
+    pub last_push_bytes: std::sync::atomic::AtomicU64,
+}
+
 /// Shared configuration state.
 pub struct State {
     pub node: String,
+    pub control: ControlStats,
     current: ArcSwapOption<Snapshot>,
     /// The trust bundle of the current snapshot, read by every handshake (so a bundle change
     /// applies to the next handshake without rebuilding TLS configs).
@@ -27,6 +41,7 @@ impl State {
     pub fn new(node: String) -> Arc<Self> {
         Arc::new(Self {
             node,
+            control: ControlStats::default(),
             current: ArcSwapOption::empty(),
             bundle: ward_lib_identity::bundle::shared(TrustBundle::new()),
             changed: watch::channel(0).0,

@@ -474,6 +474,22 @@ impl Cluster {
         }
     }
 
+    /// Stops whatever issues certificates (`ward-control`, or `ward ca serve`).
+    pub fn stop_ca(&mut self) {
+        match self.source {
+            ProxySource::Control => self.stop("control"),
+            ProxySource::File => self.stop("ca"),
+        }
+    }
+
+    /// Starts it again on the same CA directory (see [`Cluster::start_ca`]).
+    pub fn restart_ca(&mut self) {
+        match self.source {
+            ProxySource::Control => self.serve_control(),
+            ProxySource::File => self.serve_ca(),
+        }
+    }
+
     /// (Re)starts `ward-control` in local mode on the existing CA directory and `mesh.yaml`.
     pub fn serve_control(&mut self) {
         let control = built("ward-control", self.release);

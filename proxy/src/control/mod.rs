@@ -16,6 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -133,6 +134,8 @@ async fn session(
         .map_err(|s| err(false, format!("{:?}: {}", s.code(), s.message())))?
         .into_inner();
     tracing::info!(address = %settings.address, "control stream open");
+    state.control.connected.store(true, Ordering::Relaxed);
+    let _disconnected = Disconnected(state);
 
     let mut staged: Vec<DeltaDiscoveryResponse> = Vec::new();
     loop {
@@ -159,11 +162,23 @@ async fn session(
         let outcome = store.apply(&state.node, &push, &seq);
         let error = match outcome {
             Ok(snapshot) => {
+                let bytes: usize = push
+                    .iter()
+                    .flat_map(|r| &r.resources)
+                    .filter_map(|r| r.resource.as_ref())
+                    .map(|a| a.value.len())
+                    .sum();
                 state.install(snapshot);
+                state.control.applied.fetch_add(1, Ordering::Relaxed);
+                state
+                    .control
+                    .last_push_bytes
+                    .store(bytes as u64, Ordering::Relaxed);
                 applied = true;
                 None
             }
             Err(e) => {
+                state.control.rejected.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(push = %seq, error = %e, "control update rejected (NACK); the previous configuration stays in force");
                 Some(ward_lib_api::rpc::Status {
                     code: tonic::Code::InvalidArgument as i32,
@@ -182,6 +197,15 @@ async fn session(
             .await
             .map_err(|_| err(applied, "the request stream closed".into()))?;
         }
+    }
+}
+
+/// Marks the stream closed when a session ends, however it ends.
+struct Disconnected<'a>(&'a State);
+
+impl Drop for Disconnected<'_> {
+    fn drop(&mut self) {
+        self.0.control.connected.store(false, Ordering::Relaxed);
     }
 }
 

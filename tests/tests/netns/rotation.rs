@@ -57,7 +57,7 @@ fn rotation_and_ca_outage() {
     );
 
     // CA down: renewals fail and are retried, traffic continues on the current certificate.
-    c.stop("ca");
+    c.stop_ca();
     let before = renewals(&c, 1);
     let down = Instant::now();
     let mut retried = false;
@@ -86,7 +86,7 @@ fn rotation_and_ca_outage() {
     );
     assert_eq!(renewals(&c, 1), before);
     // CA back: renewal recovers.
-    c.serve_ca();
+    c.restart_ca();
     let back = Instant::now();
     while renewals(&c, 1) <= before {
         ping(n);

@@ -1,0 +1,128 @@
+//! The control component's metrics (OpenMetrics text on `--metrics`, default `:15014`, path
+//! `/metrics`). Names are prefixed `ward_control_`; labels are bounded (a kind, a reason).
+//!
+//! Counters are updated where things happen (the xDS server, the watches); gauges describing
+//! state (connected proxies, published objects, invalid policies) are read from the current
+//! view at scrape time, so they can never drift from what is served.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::index::View;
+use crate::policies::{PolicyState, Verdict};
+
+/// Label set: one `(name, value)` pair.
+type Labels = Vec<(String, String)>;
+
+/// Every metric of the control component.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub proxies_connected: Gauge,
+    pub pushes: Counter,
+    pub acks: Counter,
+    pub nacks: Counter,
+    /// Streams refused, by reason (`unauthenticated`, `wrong_node`, `unavailable`).
+    pub streams_refused: Family<Labels, Counter>,
+    /// Watch errors after which a watcher backed off and resumed, by kind.
+    pub watch_restarts: Family<Labels, Counter>,
+    /// Local-mode files rejected (not parseable), current.
+    pub rejected_files: Gauge,
+    view_sequence: Gauge,
+    workloads: Gauge,
+    services: Gauge,
+    /// Policy objects by kind and state (`accepted`, `invalid`).
+    policies: Family<Labels, Gauge>,
+}
+
+impl Metrics {
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix("ward_control");
+        r.register("proxies_connected", "Proxies with an open control stream", self.proxies_connected.clone());
+        r.register("pushes", "Pushes sent to proxies (one response per type each)", self.pushes.clone());
+        r.register("acks", "Responses proxies acknowledged", self.acks.clone());
+        r.register("nacks", "Responses proxies rejected; they keep their previous configuration", self.nacks.clone());
+        r.register("streams_refused", "Control streams refused, by reason", self.streams_refused.clone());
+        r.register("watch_restarts", "Kubernetes watch errors after which the watcher resumed, by kind", self.watch_restarts.clone());
+        r.register("rejected_files", "Local-mode files currently rejected (their last good content stays in force)", self.rejected_files.clone());
+        r.register("view_sequence", "Sequence number of the published view", self.view_sequence.clone());
+        r.register("workloads", "Workloads in the published address table", self.workloads.clone());
+        r.register("services", "Services in the published address table", self.services.clone());
+        r.register("policies", "Policy objects by kind and state (invalid ones are reported and enforced fail-closed or at their last good version)", self.policies.clone());
+        r
+    }
+
+    /// The OpenMetrics text of every metric, gauges refreshed from `view` and `policies`.
+    pub fn render(&self, view: &View, policies: &[PolicyState]) -> String {
+        self.view_sequence.set(i64::try_from(view.seq).unwrap_or(i64::MAX));
+        self.workloads.set(view.workloads.len() as i64);
+        self.services.set(view.services.len() as i64);
+        self.policies.clear();
+        for p in policies {
+            let state = match p.verdict {
+                Verdict::Accepted { .. } => "accepted",
+                Verdict::Invalid { .. } => "invalid",
+            };
+            self.policies
+                .get_or_create(&vec![
+                    ("kind".to_owned(), p.object.kind.resource_prefix().to_owned()),
+                    ("state".to_owned(), state.to_owned()),
+                ])
+                .inc();
+        }
+        let mut out = String::new();
+        if encode(&mut out, &self.registry()).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` forever.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    views: watch::Receiver<Arc<View>>,
+    policies: watch::Receiver<Arc<Vec<PolicyState>>>,
+) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let metrics = metrics.clone();
+        let views = views.clone();
+        let policies = policies.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let body = if req.uri().path() == "/metrics" {
+                    Some(metrics.render(&views.borrow(), &policies.borrow()))
+                } else {
+                    None
+                };
+                async move {
+                    let resp = match body {
+                        Some(b) => http::Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(http_body_util::Full::new(bytes::Bytes::from(b))),
+                        None => http::Response::builder()
+                            .status(404)
+                            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"not found\n"))),
+                    };
+                    resp.map_err(std::io::Error::other)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
