@@ -62,7 +62,10 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
             ),
         }
     }
-    anyhow::ensure!(o.proxies <= o.nodes, "--proxies must not exceed --nodes (one per node)");
+    anyhow::ensure!(
+        o.proxies <= o.nodes,
+        "--proxies must not exceed --nodes (one per node)"
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -71,7 +74,12 @@ pub fn main(args: &[String]) -> anyhow::Result<()> {
 
 fn pod(i: usize, nodes: usize, rev: usize) -> Value {
     let ns = format!("ns-{}", i % NAMESPACES);
-    let ip = format!("10.{}.{}.{}", 100 + i / 65_000, (i / 250) % 256, i % 250 + 1);
+    let ip = format!(
+        "10.{}.{}.{}",
+        100 + i / 65_000,
+        (i / 250) % 256,
+        i % 250 + 1
+    );
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"namespace": ns, "name": format!("pod-{i}"),
                      "labels": {"app": format!("app-{}", i % APPS), "rev": rev.to_string()}},
@@ -98,7 +106,12 @@ async fn run(o: Opts) -> anyhow::Result<()> {
             api.apply(policy(ns, app, 8080));
             let ips: Vec<String> = (0..o.pods)
                 .filter(|i| i % NAMESPACES == ns && i % APPS == app)
-                .map(|i| pod(i, o.nodes, 0)["status"]["podIP"].as_str().unwrap_or("").to_owned())
+                .map(|i| {
+                    pod(i, o.nodes, 0)["status"]["podIP"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned()
+                })
                 .collect();
             api.apply(json!({"apiVersion": "v1", "kind": "Service",
                 "metadata": {"namespace": format!("ns-{ns}"), "name": format!("svc-{app}")},
@@ -111,7 +124,9 @@ async fn run(o: Opts) -> anyhow::Result<()> {
                 "endpoints": ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect::<Vec<_>>()}));
         }
     }
-    api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ward-system"}}));
+    api.apply(
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ward-system"}}),
+    );
     for n in 0..o.nodes {
         api.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}")},
             "status": {"addresses": [{"type": "InternalIP", "address": format!("10.0.{}.{}", n / 250, n % 250 + 1)}]}}));
@@ -161,19 +176,31 @@ async fn run(o: Opts) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> anyhow::Result<T> {
+async fn wait<T>(
+    what: &str,
+    within: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
     loop {
         if let Some(t) = f() {
             return Ok(t);
         }
-        anyhow::ensure!(start.elapsed() < within, "timed out after {within:?} waiting for {what}");
+        anyhow::ensure!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
 /// Starts a proxy's control-stream client for `node`.
-fn client(node: usize, listen: SocketAddr, roots: &str, dir: &std::path::Path) -> anyhow::Result<Arc<State>> {
+fn client(
+    node: usize,
+    listen: SocketAddr,
+    roots: &str,
+    dir: &std::path::Path,
+) -> anyhow::Result<Arc<State>> {
     let td = TrustDomain::parse("cluster.local")?;
     let token = dir.join(format!("token-{node}"));
     std::fs::write(&token, format!("token-{node}"))?;
@@ -213,9 +240,11 @@ async fn measure(
     .await?;
     // A probe client waits out the control component's own initial sync.
     let probe = client(0, listen, &roots, dir.path())?;
-    wait("the control component's initial sync", Duration::from_secs(120), || {
-        probe.snapshot().filter(|s| s.by_ip.len() == o.pods)
-    })
+    wait(
+        "the control component's initial sync",
+        Duration::from_secs(120),
+        || probe.snapshot().filter(|s| s.by_ip.len() == o.pods),
+    )
     .await?;
     drop(probe);
 
@@ -231,27 +260,40 @@ async fn measure(
     })
     .await?;
     let initial = start.elapsed();
-    eprintln!("control-scale: initial distribution to {} proxies in {:.2} s", o.proxies, initial.as_secs_f64());
+    eprintln!(
+        "control-scale: initial distribution to {} proxies in {:.2} s",
+        o.proxies,
+        initial.as_secs_f64()
+    );
 
     // Pod changes: relabel pod i; every proxy must see the new label.
     let mut pod_times = Vec::new();
     let mut delta = 0u64;
     for c in 0..o.changes {
         let i = (c * 7919) % o.pods;
-        let ip: std::net::IpAddr = pod(i, o.nodes, 0)["status"]["podIP"].as_str().unwrap_or("").parse()?;
+        let ip: std::net::IpAddr = pod(i, o.nodes, 0)["status"]["podIP"]
+            .as_str()
+            .unwrap_or("")
+            .parse()?;
         let rev = (c + 1).to_string();
         let t = Instant::now();
         api.apply(pod(i, o.nodes, c + 1));
-        wait("a pod change at every proxy", Duration::from_secs(30), || {
-            states
-                .iter()
-                .all(|s| {
-                    s.snapshot().is_some_and(|s| {
-                        s.by_ip.get(&ip).is_some_and(|w| w.labels.get("rev") == Some(&rev))
+        wait(
+            "a pod change at every proxy",
+            Duration::from_secs(30),
+            || {
+                states
+                    .iter()
+                    .all(|s| {
+                        s.snapshot().is_some_and(|s| {
+                            s.by_ip
+                                .get(&ip)
+                                .is_some_and(|w| w.labels.get("rev") == Some(&rev))
+                        })
                     })
-                })
-                .then_some(())
-        })
+                    .then_some(())
+            },
+        )
         .await?;
         pod_times.push(t.elapsed());
         delta = states[0].control.last_push_bytes.load(Ordering::Relaxed);
@@ -266,25 +308,31 @@ async fn measure(
         let affected: Vec<&Arc<State>> = states
             .iter()
             .enumerate()
-            .filter(|(n, _)| (0..o.pods).any(|i| i % NAMESPACES == ns && i % APPS == app && i % o.nodes == *n))
+            .filter(|(n, _)| {
+                (0..o.pods).any(|i| i % NAMESPACES == ns && i % APPS == app && i % o.nodes == *n)
+            })
             .map(|(_, s)| s)
             .collect();
         let id = format!("ns-{ns}/allow-app-{app}");
         let needle = format!("{port}");
         let t = Instant::now();
         api.apply(policy(ns, app, port));
-        wait("a policy change at every affected proxy", Duration::from_secs(30), || {
-            affected
-                .iter()
-                .all(|s| {
-                    s.snapshot().is_some_and(|s| {
-                        s.policies.policies().iter().any(|p| {
-                            p.id.to_string() == id && format!("{:?}", p.rules).contains(&needle)
+        wait(
+            "a policy change at every affected proxy",
+            Duration::from_secs(30),
+            || {
+                affected
+                    .iter()
+                    .all(|s| {
+                        s.snapshot().is_some_and(|s| {
+                            s.policies.policies().iter().any(|p| {
+                                p.id.to_string() == id && format!("{:?}", p.rules).contains(&needle)
+                            })
                         })
                     })
-                })
-                .then_some(())
-        })
+                    .then_some(())
+            },
+        )
         .await?;
         policy_times.push(t.elapsed());
     }

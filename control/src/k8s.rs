@@ -11,7 +11,6 @@
 
 use std::fmt::Debug;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -27,6 +26,7 @@ use tokio::sync::mpsc;
 use ward_lib_api::resources::port_protocol;
 
 use crate::index::{Event, Kind};
+use crate::metrics::Metrics;
 use crate::model::*;
 
 /// The namespace label that enrolls a namespace's pods.
@@ -34,19 +34,12 @@ pub const MESH_LABEL: &str = "ward.dev/mesh";
 /// The label of an EndpointSlice naming its service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Counters of the watches (exported as metrics).
-#[derive(Debug, Default)]
-pub struct WatchStats {
-    /// Watch errors after which the watcher backed off and resumed (re-listing if needed).
-    pub restarts: AtomicU64,
-}
-
 /// Starts one watcher task per kind; every task sends into `events`.
 pub fn spawn_watchers(
     client: kube::Client,
     events: mpsc::Sender<Event>,
     istio: bool,
-    stats: Arc<WatchStats>,
+    stats: Metrics,
 ) {
     let cfg = watcher::Config::default();
     spawn(
@@ -165,7 +158,7 @@ fn spawn<K, M>(
     cfg: watcher::Config,
     kind: Kind,
     events: mpsc::Sender<Event>,
-    stats: Arc<WatchStats>,
+    stats: Metrics,
     to_model: fn(&K) -> Option<M>,
     apply: fn(M) -> Event,
     delete: fn(&K) -> Event,
@@ -205,7 +198,10 @@ fn spawn<K, M>(
                 },
                 Ok(watcher::Event::Delete(o)) => delete(&o),
                 Err(e) => {
-                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .watch_restarts
+                        .get_or_create(&vec![("kind".to_owned(), format!("{kind:?}"))])
+                        .inc();
                     tracing::warn!(kind = ?kind, error = %e, "watch error; the watcher backs off and resumes");
                     continue;
                 }
@@ -221,7 +217,7 @@ fn spawn_policies(
     api: Api<DynamicObject>,
     kind: PolicyKind,
     events: mpsc::Sender<Event>,
-    stats: Arc<WatchStats>,
+    stats: Metrics,
 ) {
     tokio::spawn(async move {
         let mut stream = watcher(api, watcher::Config::default())
@@ -255,7 +251,13 @@ fn spawn_policies(
                 },
                 Ok(watcher::Event::Delete(o)) => Event::DeletePolicy(kind, key(&o)),
                 Err(e) => {
-                    stats.restarts.fetch_add(1, Ordering::Relaxed);
+                    stats
+                        .watch_restarts
+                        .get_or_create(&vec![(
+                            "kind".to_owned(),
+                            kind.resource_prefix().to_owned(),
+                        )])
+                        .inc();
                     tracing::warn!(kind = kind.resource_prefix(), error = %e, "watch error; the watcher backs off and resumes");
                     continue;
                 }

@@ -16,6 +16,7 @@ pub mod ca;
 pub mod index;
 pub mod k8s;
 pub mod local;
+pub mod metrics;
 pub mod model;
 pub mod policies;
 pub mod runtime;

@@ -24,6 +24,8 @@ use crate::model::*;
 /// Watches `mesh` (and everything it names) and sends model events.
 pub struct LocalSource {
     mesh: PathBuf,
+    /// Set to the number of files currently rejected.
+    rejected: prometheus_client::metrics::gauge::Gauge,
     period: Duration,
     events: mpsc::Sender<Event>,
     last_mesh: Option<String>,
@@ -39,9 +41,15 @@ pub struct LocalSource {
 }
 
 impl LocalSource {
-    pub fn new(mesh: PathBuf, period: Duration, events: mpsc::Sender<Event>) -> Self {
+    pub fn new(
+        mesh: PathBuf,
+        period: Duration,
+        events: mpsc::Sender<Event>,
+        rejected: prometheus_client::metrics::gauge::Gauge,
+    ) -> Self {
         Self {
             mesh,
+            rejected,
             period,
             events,
             last_mesh: None,
@@ -132,6 +140,7 @@ impl LocalSource {
         };
         if self.mesh_file.is_none() || !in_force {
             self.reported.retain(|e| current_errors.contains(e));
+            self.rejected.set(current_errors.len() as i64);
             return out;
         }
 
@@ -177,6 +186,7 @@ impl LocalSource {
         for e in &current_errors {
             self.reported.insert(e.clone());
         }
+        self.rejected.set(current_errors.len() as i64);
         if policies_changed {
             // Later files win over earlier ones for the same kind/namespace/name, as a
             // sequence of `kubectl apply` would.
@@ -214,10 +224,20 @@ pub async fn watch_ca_dir(
 ) {
     use ward_ca::authority::files;
     let stamp = |dir: &Path| -> Vec<Option<std::time::SystemTime>> {
-        [files::ROOT, files::CERT, files::KEY, files::CHAIN, files::TRUST_DOMAIN]
-            .iter()
-            .map(|f| std::fs::metadata(dir.join(f)).and_then(|m| m.modified()).ok())
-            .collect()
+        [
+            files::ROOT,
+            files::CERT,
+            files::KEY,
+            files::CHAIN,
+            files::TRUST_DOMAIN,
+        ]
+        .iter()
+        .map(|f| {
+            std::fs::metadata(dir.join(f))
+                .and_then(|m| m.modified())
+                .ok()
+        })
+        .collect()
     };
     let mut last = stamp(&dir);
     loop {
@@ -232,8 +252,12 @@ pub async fn watch_ca_dir(
                 tracing::info!(dir = %dir.display(), roots = next.roots().len(), "CA directory changed: signing with it from now on");
                 authority.store(std::sync::Arc::new(next));
             }
-            Ok(next) => tracing::error!(dir = %dir.display(), trust_domain = %next.trust_domain(), "CA directory names another trust domain; ignored"),
-            Err(e) => tracing::error!(dir = %dir.display(), error = %e, "CA directory does not load; the current CA stays in force"),
+            Ok(next) => {
+                tracing::error!(dir = %dir.display(), trust_domain = %next.trust_domain(), "CA directory names another trust domain; ignored")
+            }
+            Err(e) => {
+                tracing::error!(dir = %dir.display(), error = %e, "CA directory does not load; the current CA stays in force")
+            }
         }
     }
 }

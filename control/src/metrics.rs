@@ -43,23 +43,60 @@ pub struct Metrics {
 impl Metrics {
     fn registry(&self) -> Registry {
         let mut r = Registry::with_prefix("ward_control");
-        r.register("proxies_connected", "Proxies with an open control stream", self.proxies_connected.clone());
-        r.register("pushes", "Pushes sent to proxies (one response per type each)", self.pushes.clone());
+        r.register(
+            "proxies_connected",
+            "Proxies with an open control stream",
+            self.proxies_connected.clone(),
+        );
+        r.register(
+            "pushes",
+            "Pushes sent to proxies (one response per type each)",
+            self.pushes.clone(),
+        );
         r.register("acks", "Responses proxies acknowledged", self.acks.clone());
-        r.register("nacks", "Responses proxies rejected; they keep their previous configuration", self.nacks.clone());
-        r.register("streams_refused", "Control streams refused, by reason", self.streams_refused.clone());
-        r.register("watch_restarts", "Kubernetes watch errors after which the watcher resumed, by kind", self.watch_restarts.clone());
-        r.register("rejected_files", "Local-mode files currently rejected (their last good content stays in force)", self.rejected_files.clone());
-        r.register("view_sequence", "Sequence number of the published view", self.view_sequence.clone());
-        r.register("workloads", "Workloads in the published address table", self.workloads.clone());
-        r.register("services", "Services in the published address table", self.services.clone());
+        r.register(
+            "nacks",
+            "Responses proxies rejected; they keep their previous configuration",
+            self.nacks.clone(),
+        );
+        r.register(
+            "streams_refused",
+            "Control streams refused, by reason",
+            self.streams_refused.clone(),
+        );
+        r.register(
+            "watch_restarts",
+            "Kubernetes watch errors after which the watcher resumed, by kind",
+            self.watch_restarts.clone(),
+        );
+        r.register(
+            "rejected_files",
+            "Local-mode files currently rejected (their last good content stays in force)",
+            self.rejected_files.clone(),
+        );
+        r.register(
+            "view_sequence",
+            "Sequence number of the published view",
+            self.view_sequence.clone(),
+        );
+        r.register(
+            "workloads",
+            "Workloads in the published address table",
+            self.workloads.clone(),
+        );
+        r.register(
+            "services",
+            "Services in the published address table",
+            self.services.clone(),
+        );
         r.register("policies", "Policy objects by kind and state (invalid ones are reported and enforced fail-closed or at their last good version)", self.policies.clone());
         r
     }
 
     /// The OpenMetrics text of every metric, gauges refreshed from `view` and `policies`.
     pub fn render(&self, view: &View, policies: &[PolicyState]) -> String {
-        self.view_sequence.set(i64::try_from(view.seq).unwrap_or(i64::MAX));
+        self.view_sequence
+            .set(i64::try_from(view.seq).unwrap_or(i64::MAX));
         self.workloads.set(view.workloads.len() as i64);
         self.services.set(view.services.len() as i64);
         self.policies.clear();
@@ -70,7 +107,10 @@ impl Metrics {
             };
             self.policies
                 .get_or_create(&vec![
-                    ("kind".to_owned(), p.object.kind.resource_prefix().to_owned()),
+                    (
+                        "kind".to_owned(),
+                        p.object.kind.resource_prefix().to_owned(),
+                    ),
                     ("state".to_owned(), state.to_owned()),
                 ])
                 .inc();
@@ -99,27 +139,30 @@ pub async fn serve(
         let views = views.clone();
         let policies = policies.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = if req.uri().path() == "/metrics" {
-                    Some(metrics.render(&views.borrow(), &policies.borrow()))
-                } else {
-                    None
-                };
-                async move {
-                    let resp = match body {
-                        Some(b) => http::Response::builder()
-                            .header(
-                                "content-type",
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )
-                            .body(http_body_util::Full::new(bytes::Bytes::from(b))),
-                        None => http::Response::builder()
-                            .status(404)
-                            .body(http_body_util::Full::new(bytes::Bytes::from_static(b"not found\n"))),
+            let svc =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let body = if req.uri().path() == "/metrics" {
+                        Some(metrics.render(&views.borrow(), &policies.borrow()))
+                    } else {
+                        None
                     };
-                    resp.map_err(std::io::Error::other)
-                }
-            });
+                    async move {
+                        let resp = match body {
+                            Some(b) => http::Response::builder()
+                                .header(
+                                    "content-type",
+                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                                )
+                                .body(http_body_util::Full::new(bytes::Bytes::from(b))),
+                            None => http::Response::builder().status(404).body(
+                                http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"not found\n",
+                                )),
+                            ),
+                        };
+                        resp.map_err(std::io::Error::other)
+                    }
+                });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                 .await;

@@ -173,6 +173,7 @@ fn enforced(
     let name = format!("{}/{}", object.kind.resource_prefix(), object.key);
     let resource = Encoded::new(
         name,
+        ward_lib_api::resources::POLICY,
         &pb::Policy {
             document: document.to_string(),
         },

@@ -16,7 +16,8 @@ use ward_lib_identity::{SpiffeId, TrustDomain};
 
 use crate::ca::ViewDirectory;
 use crate::index::{Event, Index, Kind, MeshSettings, View};
-use crate::xds::{XdsServer, XdsStats};
+use crate::metrics::Metrics;
+use crate::xds::XdsServer;
 
 /// `ward-control` flags.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,6 +26,9 @@ pub struct Args {
     /// Address for the CA and the control stream (TLS, gRPC).
     #[arg(long, default_value = "0.0.0.0:15012")]
     pub listen: SocketAddr,
+    /// Address for `/metrics` (OpenMetrics, plain HTTP).
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub metrics: SocketAddr,
     /// The control component's own identity (namespace/service-account); proxies require it.
     #[arg(long, default_value = "ward-system/ward-control")]
     pub identity: String,
@@ -87,14 +91,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("binding {}: {e}", args.listen))?;
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding --metrics {}: {e}", args.metrics))?;
     let running = start(args, client).await?;
+    tokio::spawn(crate::metrics::serve(
+        metrics_listener,
+        running.metrics.clone(),
+        running.views.clone(),
+        running.policies.clone(),
+    ));
     running.serve(listener, shutdown_signal()).await
 }
 
 /// A started control component: sources, index and services, not yet listening.
 pub struct Running {
     pub views: watch::Receiver<Arc<View>>,
-    pub xds_stats: Arc<XdsStats>,
+    pub metrics: Metrics,
+    /// Every policy object's state (status, metrics).
+    pub policies: watch::Receiver<Arc<Vec<crate::policies::PolicyState>>>,
     pub identity: SpiffeId,
     cert: Arc<ward_ca::server::ServingCert>,
     issuer: IssuerService,
@@ -119,7 +134,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (events_tx, events_rx) = mpsc::channel::<Event>(4096);
     let (views_tx, views_rx) = watch::channel(Arc::new(View::default()));
-    let xds_stats = Arc::new(XdsStats::default());
+    let metrics = Metrics::default();
     let directory: Arc<dyn WorkloadDirectory> = Arc::new(ViewDirectory::new(views_rx.clone()));
 
     let (authority, authn, expected): (Arc<ArcSwap<Authority>>, Arc<dyn Authenticator>, Vec<Kind>) =
@@ -135,6 +150,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
                         mesh.clone(),
                         Duration::from_millis(250),
                         events_tx.clone(),
+                        metrics.rejected_files.clone(),
                     )
                     .run(),
                 );
@@ -180,7 +196,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
                     client.clone(),
                     events_tx.clone(),
                     args.istio_policies,
-                    Arc::new(crate::k8s::WatchStats::default()),
+                    metrics.clone(),
                 );
                 let authn = Arc::new(
                     crate::ca::KubeTokenReview::new(
@@ -198,11 +214,12 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
             }
         };
     drop(events_tx);
+    let (policies_tx, policies_rx) = watch::channel(Arc::new(Vec::new()));
     tokio::spawn(crate::index::run(
         Index::new(expected),
         events_rx,
         views_tx,
-        None,
+        Some(policies_tx),
     ));
 
     let td = authority.load().trust_domain().clone();
@@ -224,10 +241,11 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
             ..IssuePolicy::default()
         },
     );
-    let xds = XdsServer::new(views_rx.clone(), authn, xds_stats.clone());
+    let xds = XdsServer::new(views_rx.clone(), authn, metrics.clone());
     Ok(Running {
         views: views_rx,
-        xds_stats,
+        metrics,
+        policies: policies_rx,
         identity: id,
         cert,
         issuer,

@@ -15,7 +15,7 @@ use ward_ca::authority::Authority;
 use ward_ca::clock::Clock;
 use ward_ca::server::{ServerOptions, ServingCert};
 use ward_ca::service::IssuerService;
-use ward_lib_api::xds::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
+use ward_lib_api::xds_server::aggregated_discovery_service_server::AggregatedDiscoveryServiceServer;
 use ward_lib_identity::SpiffeId;
 
 use crate::xds::XdsServer;

@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -30,36 +29,24 @@ use tokio::sync::{mpsc, watch};
 use tonic::{Request, Response, Status, Streaming};
 use ward_ca::auth::{bearer, AuthError, Authenticator};
 use ward_lib_api::resources::{short_type, Encoded, MESH_CONFIG, POLICY, SERVICE, TYPES, WORKLOAD};
-use ward_lib_api::xds::aggregated_discovery_service_server::AggregatedDiscoveryService;
-use ward_lib_api::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use ward_lib_api::Any;
+use ward_lib_api::xds_server::aggregated_discovery_service_server::AggregatedDiscoveryService;
+use ward_lib_api::xds_server::{DeltaDiscoveryRequest, DeltaDiscoveryResponse};
 
 use crate::index::{NodePolicies, Resources, View};
-
-/// Counters the server keeps (exported as metrics).
-#[derive(Debug, Default)]
-pub struct XdsStats {
-    pub connected: AtomicU64,
-    pub pushes: AtomicU64,
-    pub acks: AtomicU64,
-    pub nacks: AtomicU64,
-    pub refused: AtomicU64,
-    /// Bytes of resources sent (payloads only).
-    pub resource_bytes: AtomicU64,
-}
+use crate::metrics::Metrics;
 
 /// The `AggregatedDiscoveryService` implementation.
 pub struct XdsServer {
     views: watch::Receiver<Arc<View>>,
     authn: Arc<dyn Authenticator>,
-    stats: Arc<XdsStats>,
+    stats: Metrics,
 }
 
 impl XdsServer {
     pub fn new(
         views: watch::Receiver<Arc<View>>,
         authn: Arc<dyn Authenticator>,
-        stats: Arc<XdsStats>,
+        stats: Metrics,
     ) -> Self {
         Self {
             views,
@@ -95,7 +82,14 @@ impl AggregatedDiscoveryService for XdsServer {
         let requester = match requester {
             Ok(r) => r,
             Err(e) => {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                let reason = match e {
+                    AuthError::Unavailable(_) => "unavailable",
+                    _ => "unauthenticated",
+                };
+                self.stats
+                    .streams_refused
+                    .get_or_create(&vec![("reason".to_owned(), reason.to_owned())])
+                    .inc();
                 tracing::warn!(error = %e, "control stream refused");
                 return Err(match e {
                     AuthError::Unavailable(_) => Status::unavailable(e.to_string()),
@@ -130,7 +124,7 @@ struct Pending {
 struct StreamState {
     node: String,
     views: watch::Receiver<Arc<View>>,
-    stats: Arc<XdsStats>,
+    stats: Metrics,
     subscribed: BTreeSet<&'static str>,
     baseline: Baseline,
     pending: Option<Pending>,
@@ -139,7 +133,7 @@ struct StreamState {
 }
 
 impl StreamState {
-    fn new(node: String, views: watch::Receiver<Arc<View>>, stats: Arc<XdsStats>) -> Self {
+    fn new(node: String, views: watch::Receiver<Arc<View>>, stats: Metrics) -> Self {
         Self {
             node,
             views,
@@ -157,7 +151,7 @@ impl StreamState {
         mut inbound: Streaming<DeltaDiscoveryRequest>,
         tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
     ) {
-        self.stats.connected.fetch_add(1, Ordering::Relaxed);
+        self.stats.proxies_connected.inc();
         tracing::info!(node = %self.node, "proxy connected");
         let why = loop {
             if let Err(e) = self.maybe_push(&tx).await {
@@ -182,14 +176,17 @@ impl StreamState {
                 }
             }
         };
-        self.stats.connected.fetch_sub(1, Ordering::Relaxed);
+        self.stats.proxies_connected.dec();
         tracing::info!(node = %self.node, reason = %why, "proxy disconnected");
     }
 
     fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), Status> {
         if let Some(n) = req.node.as_ref().filter(|n| !n.id.is_empty()) {
             if n.id != self.node {
-                self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .streams_refused
+                    .get_or_create(&vec![("reason".to_owned(), "wrong_node".to_owned())])
+                    .inc();
                 return Err(Status::permission_denied(format!(
                     "this credential is for node {:?}, not {:?}",
                     self.node, n.id
@@ -219,11 +216,11 @@ impl StreamState {
         match &req.error_detail {
             Some(err) => {
                 p.nacked = true;
-                self.stats.nacks.fetch_add(1, Ordering::Relaxed);
+                self.stats.nacks.inc();
                 tracing::warn!(node = %self.node, r#type = short_type(type_url), seq = p.view.seq, error = %err.message, "proxy rejected an update (NACK); it keeps its previous configuration");
             }
             None => {
-                self.stats.acks.fetch_add(1, Ordering::Relaxed);
+                self.stats.acks.inc();
             }
         }
         if p.nonces.is_empty() {
@@ -256,28 +253,28 @@ impl StreamState {
             _ if self.nacked_seq == Some(view.seq) => return Ok(()),
             _ => {}
         }
+        let diffs: Vec<(&'static str, Vec<Encoded>, Vec<String>)> = TYPES
+            .iter()
+            .map(|t| {
+                let (r, d) = self.diff(t, &view);
+                (*t, r, d)
+            })
+            .collect();
+        let initial = matches!(self.baseline, Baseline::Resume(_));
+        if !initial && diffs.iter().all(|(_, r, d)| r.is_empty() && d.is_empty()) {
+            // Nothing of this node changed (e.g. a policy of another node): no push, and the
+            // proxy already holds this view.
+            self.baseline = Baseline::View(view);
+            return Ok(());
+        }
         let mut nonces = HashMap::new();
-        for type_url in TYPES {
-            let (resources, removed) = self.diff(type_url, &view);
+        for (type_url, resources, removed) in diffs {
             self.nonce += 1;
             let nonce = format!("{}-{}", view.seq, self.nonce);
-            let bytes: usize = resources.iter().map(|r| r.bytes.len()).sum();
-            self.stats
-                .resource_bytes
-                .fetch_add(bytes as u64, Ordering::Relaxed);
             let response = DeltaDiscoveryResponse {
                 system_version_info: view.seq.to_string(),
-                resources: resources
-                    .into_iter()
-                    .map(|r| Resource {
-                        version: r.version.to_string(),
-                        name: r.name.to_string(),
-                        resource: Some(Any {
-                            type_url: type_url.to_owned(),
-                            value: r.bytes,
-                        }),
-                    })
-                    .collect(),
+                // Pre-encoded `Resource` messages, shared with every other stream.
+                resources: resources.into_iter().map(|r| r.wire).collect(),
                 type_url: type_url.to_owned(),
                 nonce: nonce.clone(),
                 removed_resources: removed,
@@ -287,7 +284,7 @@ impl StreamState {
                 .await
                 .map_err(|_| "the proxy went away".to_owned())?;
         }
-        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        self.stats.pushes.inc();
         self.pending = Some(Pending {
             view,
             nonces,

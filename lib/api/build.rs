@@ -25,6 +25,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ],
             &["proto", include],
         )?;
+    // The server's pre-encoded view of the same messages (see ads_server.proto).
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("server");
+    std::fs::create_dir_all(&out)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .out_dir(&out)
+        .btree_map(".")
+        .bytes(".envoy.service.discovery.v3.DeltaDiscoveryResponse.resources")
+        .extern_path(".google.rpc", "crate::rpc")
+        .compile_protos(
+            &["proto/envoy/service/discovery/v3/ads_server.proto"],
+            &["proto", include],
+        )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

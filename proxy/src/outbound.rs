@@ -57,12 +57,12 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
             ctx.log.log(rec);
             return;
         }
-        let ep = &svc.endpoints[rand::random_range(0..svc.endpoints.len())];
-        match &ep.workload {
-            Some(w) => Some((w.clone(), ep.addr)),
+        let ep = svc.endpoints[rand::random_range(0..svc.endpoints.len())];
+        match snap.by_ip.get(&ep.ip()) {
+            Some(w) => Some((w.clone(), ep)),
             // An endpoint outside the mesh: passed through like any non-mesh destination.
             None => {
-                direct = ep.addr;
+                direct = ep;
                 None
             }
         }

@@ -610,6 +610,7 @@ impl Index {
             let mesh = self.settings.as_ref().map(|s| {
                 Encoded::new(
                     MESH_NAME,
+                    ward_lib_api::resources::MESH_CONFIG,
                     &pb::MeshConfig {
                         trust_domain: s.trust_domain.clone(),
                         trust_domain_aliases: s.aliases.clone(),
@@ -654,7 +655,7 @@ impl Index {
                     bindings_dirty.insert(published.node.clone());
                     self.dirty_nodes.insert(published.node.clone());
                     self.published.insert(key.clone(), published);
-                    let enc = Encoded::new(name.clone(), &w);
+                    let enc = Encoded::new(name.clone(), ward_lib_api::resources::WORKLOAD, &w);
                     if old.as_ref() != Some(&enc.version) {
                         map.insert(name.clone(), enc);
                         changes.workloads.push(name);
@@ -685,7 +686,7 @@ impl Index {
                 let old = map.get(&name).map(|e| e.version.clone());
                 match resource {
                     Some(s) => {
-                        let enc = Encoded::new(name.clone(), &s);
+                        let enc = Encoded::new(name.clone(), ward_lib_api::resources::SERVICE, &s);
                         if old.as_ref() != Some(&enc.version) {
                             map.insert(name.clone(), enc);
                             changes.services.push(name);

@@ -26,7 +26,7 @@ pub fn start_index(api: &FakeApiServer) -> watch::Receiver<Arc<View>> {
         client(api),
         tx.clone(),
         false,
-        Arc::new(ward_control::k8s::WatchStats::default()),
+        ward_control::metrics::Metrics::default(),
     );
     // The mesh settings come from the CA root in production; a fixed one here.
     let mut expected = ward_control::k8s::expected_kinds(false);

@@ -185,21 +185,14 @@ impl Workload {
     }
 }
 
-/// One endpoint of a service port: a mesh workload (reached through its node's tunnel) or an
-/// address outside the mesh (passed through).
+/// A service port → the endpoints behind it (address and target port). An endpoint that is a
+/// mesh workload (found in the address table when a connection is routed) is reached through
+/// its node's tunnel; any other is passed through.
 #[derive(Debug, Clone)]
-pub struct Endpoint {
-    /// Endpoint address and target port.
-    pub addr: SocketAddr,
-    pub workload: Option<Arc<Workload>>,
-}
-
-/// A service port → the endpoints behind it.
-#[derive(Debug)]
 pub struct ServiceBackend {
     pub namespace: String,
     pub name: String,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<SocketAddr>,
 }
 
 /// The immutable, validated view a proxy runs on.
@@ -208,7 +201,7 @@ pub struct Snapshot {
     pub trust_domain: TrustDomain,
     pub bundle: TrustBundle,
     pub by_ip: HashMap<IpAddr, Arc<Workload>>,
-    pub services: HashMap<SocketAddr, ServiceBackend>,
+    pub services: HashMap<SocketAddr, Arc<ServiceBackend>>,
     pub policies: Arc<PolicySet>,
     /// A fingerprint of the inputs, for `/config_dump` and logs.
     pub version: String,
@@ -417,64 +410,41 @@ impl Snapshot {
         })?;
         let policies = Arc::new(policies);
         let (workloads, services) = file.resources()?;
-        let mut resolved = Vec::with_capacity(workloads.len());
-        for (name, w) in &workloads {
+        let mut table = crate::table::AddressTable::default();
+        let mut txn = table.begin();
+        for (name, w) in workloads {
             // Every node's view: this node's name is the workload's own.
-            resolved.push(Arc::new(
-                crate::resources::workload_from_pb(name, w, &mesh.trust_domain, &policies, &w.node)
-                    .map_err(|e| ConfigError(e.to_string()))?,
-            ));
+            let node = w.node.clone();
+            let resolved =
+                crate::resources::workload_from_pb(&name, w, &mesh.trust_domain, &policies, &node)
+                    .map_err(|e| ConfigError(e.to_string()))?;
+            txn.put_workload(&name, Arc::new(resolved))?;
         }
-        Self::assemble(
-            &mesh,
-            policies,
-            resolved,
-            services.iter().map(|(n, s)| (n.as_str(), s)),
-            version,
-        )
+        for (name, s) in &services {
+            let addrs = crate::resources::service_from_pb(name, s)
+                .map_err(|e| ConfigError(e.to_string()))?;
+            txn.put_service(name, addrs)?;
+        }
+        txn.commit();
+        Ok(Self::cut(&mesh, policies, &table, version))
     }
 
-    /// Puts checked parts together: the address table (an address used twice is an error)
-    /// and the services, whose endpoints are resolved against it.
-    pub fn assemble<'a>(
+    /// A snapshot of `table` under `mesh` and `policies`.
+    pub fn cut(
         mesh: &crate::resources::Mesh,
         policies: Arc<PolicySet>,
-        workloads: impl IntoIterator<Item = Arc<Workload>>,
-        services: impl IntoIterator<Item = (&'a str, &'a crate::control::Service)>,
+        table: &crate::table::AddressTable,
         version: String,
-    ) -> Result<Self, ConfigError> {
-        let mut by_ip: HashMap<IpAddr, Arc<Workload>> = HashMap::new();
-        for w in workloads {
-            for ip in &w.ips {
-                if let Some(other) = by_ip.insert(*ip, w.clone()) {
-                    return Err(ConfigError(format!(
-                        "Workload {}/{}: address {ip} is also {}/{}'s",
-                        w.namespace, w.name, other.namespace, other.name
-                    )));
-                }
-            }
-        }
-        let mut by_addr = HashMap::new();
-        for (name, s) in services {
-            for (addr, backend) in crate::resources::service_from_pb(name, s, &by_ip)
-                .map_err(|e| ConfigError(e.to_string()))?
-            {
-                if let Some(other) = by_addr.insert(addr, backend) {
-                    return Err(ConfigError(format!(
-                        "Service {name}: {addr} is also declared by {}/{}",
-                        other.namespace, other.name
-                    )));
-                }
-            }
-        }
-        Ok(Self {
+    ) -> Self {
+        let (by_ip, services) = table.cut();
+        Self {
             trust_domain: mesh.trust_domain.clone(),
             bundle: mesh.bundle.clone(),
             by_ip,
-            services: by_addr,
+            services,
             policies,
             version,
-        })
+        }
     }
 
     /// The workloads scheduled on `node` (each once, however many addresses it has).

@@ -45,6 +45,16 @@ mod generated {
 
 /// `envoy.service.discovery.v3`: the xDS delta transport (the subset ward speaks).
 pub use generated::envoy::service::discovery::v3 as xds;
+
+/// The control component's side of the same service, whose responses carry pre-encoded
+/// resources (`ads_server.proto`: wire-identical to [`xds`]).
+pub mod xds_server {
+    #![allow(missing_docs, clippy::all)] // reason: generated code
+    include!(concat!(
+        env!("OUT_DIR"),
+        "/server/envoy.service.discovery.v3.rs"
+    ));
+}
 /// `google.protobuf.Any` (with a shared `Bytes` value).
 pub use generated::google::protobuf::Any;
 /// `google.rpc.Status`, the NACK detail of xDS.
@@ -53,3 +63,4 @@ pub use generated::google::rpc;
 pub mod ca_client;
 pub mod config;
 pub mod resources;
+pub mod table;

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use ward_lib_identity::{SpiffeId, TrustDomain};
 use ward_lib_policy::PolicySet;
 
-use crate::config::{Endpoint, ServiceBackend, Workload, HBONE_PORT};
+use crate::config::{ServiceBackend, Workload, HBONE_PORT};
 use crate::control::{self as pb, PortProtocol};
 
 /// `type.googleapis.com/ward.control.v1.MeshConfig`
@@ -41,22 +41,37 @@ pub fn short_type(type_url: &str) -> &str {
     type_url.rsplit('.').next().unwrap_or(type_url)
 }
 
-/// An encoded resource: its name, version and the message bytes (the `Any` value).
+/// An encoded resource: its name, version, the message bytes (the `Any` value), and the whole
+/// xDS `Resource` message as sent (encoded once, shared by every stream that sends it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Encoded {
     pub name: Arc<str>,
     pub version: Arc<str>,
     pub bytes: bytes::Bytes,
+    pub wire: bytes::Bytes,
 }
 
 impl Encoded {
-    /// Encodes `msg` and versions it by content.
-    pub fn new(name: impl Into<Arc<str>>, msg: &impl Message) -> Self {
+    /// Encodes `msg` (of type `type_url`) and versions it by content.
+    pub fn new(name: impl Into<Arc<str>>, type_url: &str, msg: &impl Message) -> Self {
+        let name: Arc<str> = name.into();
         let bytes = bytes::Bytes::from(msg.encode_to_vec());
+        let version = content_version(&bytes);
+        let wire = crate::xds::Resource {
+            version: version.clone(),
+            name: name.to_string(),
+            resource: Some(crate::Any {
+                type_url: type_url.to_owned(),
+                value: bytes.clone(),
+            }),
+        }
+        .encode_to_vec()
+        .into();
         Self {
-            name: name.into(),
-            version: content_version(&bytes).into(),
+            name,
+            version: version.into(),
             bytes,
+            wire,
         }
     }
 }
@@ -164,11 +179,12 @@ impl Mesh {
     }
 }
 
-/// A pb workload, checked and resolved. Policies and the peer-authentication mode are computed
-/// only for workloads on `local_node` (the only ones this proxy authorizes for).
+/// A pb workload, checked and resolved (its strings moved, not copied). Policies and the
+/// peer-authentication mode are computed only for workloads on `local_node` (the only ones
+/// this proxy authorizes for).
 pub fn workload_from_pb(
     name: &str,
-    w: &pb::Workload,
+    w: pb::Workload,
     td: &TrustDomain,
     policies: &PolicySet,
     local_node: &str,
@@ -226,7 +242,7 @@ pub fn workload_from_pb(
             }
         }
     }
-    let labels: BTreeMap<String, String> = w.labels.clone();
+    let labels: BTreeMap<String, String> = w.labels;
     let local = w.node == local_node;
     let (wp, mtls) = if local {
         (
@@ -240,11 +256,11 @@ pub fn workload_from_pb(
         )
     };
     Ok(Workload {
-        name: w.name.clone(),
-        namespace: w.namespace.clone(),
-        service_account: w.service_account.clone(),
+        name: w.name,
+        namespace: w.namespace,
+        service_account: w.service_account,
         identity,
-        node: w.node.clone(),
+        node: w.node,
         ip,
         ips,
         labels,
@@ -256,12 +272,10 @@ pub fn workload_from_pb(
     })
 }
 
-/// A pb service, checked, with its endpoints resolved against the address table: mesh
-/// endpoints are tunnelled to, others passed through.
+/// A pb service, checked: one backend per VIP:port.
 pub fn service_from_pb(
     name: &str,
     s: &pb::Service,
-    by_ip: &std::collections::HashMap<IpAddr, Arc<Workload>>,
 ) -> Result<Vec<(SocketAddr, ServiceBackend)>, ResourceError> {
     const T: &str = "Service";
     let mut vips = Vec::with_capacity(s.vips.len());
@@ -290,10 +304,7 @@ pub fn service_from_pb(
                 )
             })?;
             let target = port(name, T, &format!("ports[{i}].endpoints[{j}].port"), e.port)?;
-            endpoints.push(Endpoint {
-                addr: SocketAddr::new(ip, target),
-                workload: by_ip.get(&ip).cloned(),
-            });
+            endpoints.push(SocketAddr::new(ip, target));
         }
         for vip in &vips {
             out.push((
@@ -307,6 +318,36 @@ pub fn service_from_pb(
         }
     }
     Ok(out)
+}
+
+/// The same workload with its policies computed again (the policy set changed).
+pub fn with_policies(w: &Workload, policies: &PolicySet, local_node: &str) -> Workload {
+    let (wp, mtls) = if w.node == local_node {
+        (
+            policies.for_workload(&w.namespace, &w.labels),
+            policies.mtls_mode(&w.namespace, &w.labels),
+        )
+    } else {
+        (
+            ward_lib_policy::WorkloadPolicies::default(),
+            ward_lib_policy::MtlsMode::Strict,
+        )
+    };
+    Workload {
+        name: w.name.clone(),
+        namespace: w.namespace.clone(),
+        service_account: w.service_account.clone(),
+        identity: w.identity.clone(),
+        node: w.node.clone(),
+        ip: w.ip,
+        ips: w.ips.clone(),
+        labels: w.labels.clone(),
+        http_ports: w.http_ports.clone(),
+        h2_ports: w.h2_ports.clone(),
+        hbone: w.hbone,
+        policies: wp,
+        mtls,
+    }
 }
 
 /// The wire protocol of a port declared by name / protocol / appProtocol.
@@ -337,10 +378,16 @@ mod tests {
             ..Default::default()
         };
         let b = a.clone();
-        assert_eq!(Encoded::new("x", &a).version, Encoded::new("y", &b).version);
+        assert_eq!(
+            Encoded::new("x", WORKLOAD, &a).version,
+            Encoded::new("y", WORKLOAD, &b).version
+        );
         let mut c = a.clone();
         c.service_account = "other".into();
-        assert_ne!(Encoded::new("x", &a).version, Encoded::new("x", &c).version);
+        assert_ne!(
+            Encoded::new("x", WORKLOAD, &a).version,
+            Encoded::new("x", WORKLOAD, &c).version
+        );
     }
 
     #[test]
@@ -356,7 +403,7 @@ mod tests {
         };
         let td = TrustDomain::parse("cluster.local").unwrap_or_else(|e| panic!("{e}"));
         let set = PolicySet::new("ward-system", Default::default());
-        let e = workload_from_pb("shop/web-1", &w, &td, &set, "node-1")
+        let e = workload_from_pb("shop/web-1", w, &td, &set, "node-1")
             .err()
             .unwrap_or_else(|| panic!("accepted a 3-byte address"));
         assert_eq!(

@@ -27,6 +27,7 @@ use ward_lib_api::control as pb;
 use ward_lib_api::resources::{
     self, short_type, Mesh, MESH_CONFIG, MESH_NAME, POLICY, SERVICE, TYPES, WORKLOAD,
 };
+use ward_lib_api::table::AddressTable;
 use ward_lib_api::xds::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use ward_lib_api::xds::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node};
 use ward_lib_identity::{SpiffeId, TrustDomain};
@@ -209,16 +210,17 @@ impl Drop for Disconnected<'_> {
     }
 }
 
-/// What the proxy holds of each type, and the resolved forms it reuses between pushes.
+/// What the proxy holds of each type (versions), and the resolved forms it changes in place
+/// between pushes.
 #[derive(Default)]
 pub struct Store {
     mesh: Option<(String, pb::MeshConfig)>,
-    workloads: HashMap<String, (String, pb::Workload)>,
-    services: HashMap<String, (String, pb::Service)>,
+    workloads: HashMap<String, String>,
+    services: HashMap<String, String>,
     policies: HashMap<String, (String, String)>,
     checked_mesh: Option<Mesh>,
     policy_set: Option<Arc<PolicySet>>,
-    resolved: HashMap<String, Arc<Workload>>,
+    table: AddressTable,
 }
 
 /// One pending change to a held resource.
@@ -236,9 +238,21 @@ impl Store {
                 .iter()
                 .map(|(v, _)| (MESH_NAME.to_owned(), v.clone()))
                 .collect(),
-            WORKLOAD => versions(&self.workloads),
-            SERVICE => versions(&self.services),
-            POLICY => versions(&self.policies),
+            WORKLOAD => self
+                .workloads
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            SERVICE => self
+                .services
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            POLICY => self
+                .policies
+                .iter()
+                .map(|(n, (v, _))| (n.clone(), v.clone()))
+                .collect(),
             _ => BTreeMap::new(),
         }
     }
@@ -264,13 +278,6 @@ impl Store {
                 other => return Err(format!("unknown resource type {other:?}")),
             }
         }
-        let policies: Vec<Change<String>> = policies
-            .into_iter()
-            .map(|c| match c {
-                Change::Put(n, v, p) => Change::Put(n, v, p.document),
-                Change::Remove(n) => Change::Remove(n),
-            })
-            .collect();
 
         // Mesh and policies first: workloads are resolved with them.
         let mesh_changed = !mesh.is_empty();
@@ -289,147 +296,132 @@ impl Store {
         let (_, mesh_pb) = next_mesh
             .as_ref()
             .ok_or("no MeshConfig: the trust domain and bundle are unknown")?;
-        let checked = if mesh_changed || self.checked_mesh.is_none() {
-            Mesh::from_pb(mesh_pb).map_err(|e| e.to_string())?
-        } else {
-            self.checked_mesh.clone().ok_or("no MeshConfig")?
+        let checked = match (&self.checked_mesh, mesh_changed) {
+            (Some(m), false) => m.clone(),
+            _ => Mesh::from_pb(mesh_pb).map_err(|e| e.to_string())?,
         };
+        let td_changed = self
+            .checked_mesh
+            .as_ref()
+            .is_some_and(|m| m.trust_domain != checked.trust_domain);
         let policies_changed = mesh_changed || !policies.is_empty() || self.policy_set.is_none();
-        let mut next_policies = None;
-        if policies_changed {
-            let mut docs: HashMap<&str, &str> = self
-                .policies
-                .iter()
-                .map(|(n, (_, d))| (n.as_str(), d.as_str()))
-                .collect();
-            for c in &policies {
+        let mut next_policies = self.policies.clone();
+        let policy_set = if policies_changed {
+            for c in policies {
                 match c {
-                    Change::Put(n, _, d) => {
-                        docs.insert(n, d);
+                    Change::Put(n, v, p) => {
+                        next_policies.insert(n, (v, p.document));
                     }
                     Change::Remove(n) => {
-                        docs.remove(n.as_str());
+                        next_policies.remove(&n);
                     }
                 }
             }
-            let mut docs: Vec<(&str, &str)> = docs.into_iter().collect();
+            let mut docs: Vec<(&str, &str)> = next_policies
+                .iter()
+                .map(|(n, (_, d))| (n.as_str(), d.as_str()))
+                .collect();
             docs.sort();
-            let set =
+            Arc::new(
                 PolicySet::parse(&checked.root_namespace, checked.trust(), docs).map_err(|es| {
                     es.iter()
                         .map(ToString::to_string)
                         .collect::<Vec<_>>()
                         .join("; ")
-                })?;
-            next_policies = Some(Arc::new(set));
-        }
-        let policy_set = next_policies
-            .clone()
-            .or_else(|| self.policy_set.clone())
-            .ok_or("no policy set")?;
+                })?,
+            )
+        } else {
+            self.policy_set.clone().ok_or("no policy set")?
+        };
 
-        // Workloads: resolve the changed ones (and, when policies or the mesh changed, the
-        // local ones — their policies — or all of them, for a new trust domain).
-        let mut resolved_changes: Vec<(String, Option<Arc<Workload>>)> = Vec::new();
-        let mut changed_names = std::collections::HashSet::new();
-        for c in &workloads {
+        // The address table, changed in a transaction: dropped on error, it restores itself.
+        let mut txn = self.table.begin();
+        let mut changed = std::collections::HashSet::new();
+        let mut held_workloads = Vec::new();
+        for c in workloads {
             match c {
-                Change::Put(n, _, w) => {
-                    let r =
-                        resources::workload_from_pb(n, w, &checked.trust_domain, &policy_set, node)
-                            .map_err(|e| e.to_string())?;
-                    resolved_changes.push((n.clone(), Some(Arc::new(r))));
-                    changed_names.insert(n.clone());
+                Change::Put(n, v, w) => {
+                    let r = resources::workload_from_pb(
+                        &n,
+                        w,
+                        &checked.trust_domain,
+                        &policy_set,
+                        node,
+                    )
+                    .map_err(|e| e.to_string())?;
+                    txn.put_workload(&n, Arc::new(r))
+                        .map_err(|e| e.to_string())?;
+                    changed.insert(n.clone());
+                    held_workloads.push((n, Some(v)));
                 }
                 Change::Remove(n) => {
-                    resolved_changes.push((n.clone(), None));
-                    changed_names.insert(n.clone());
+                    txn.remove_workload(&n);
+                    changed.insert(n.clone());
+                    held_workloads.push((n, None));
                 }
             }
         }
-        let td_changed = self
-            .checked_mesh
-            .as_ref()
-            .is_some_and(|m| m.trust_domain != checked.trust_domain);
+        if td_changed {
+            return Err("the trust domain changed; proxies must be restarted to follow it".into());
+        }
         if policies_changed {
-            for (n, (_, w)) in &self.workloads {
-                if changed_names.contains(n) || !(td_changed || w.node == node) {
-                    continue;
-                }
-                let r = resources::workload_from_pb(n, w, &checked.trust_domain, &policy_set, node)
+            // Local workloads' policies (and modes) follow the new policy set.
+            let local: Vec<(String, Arc<Workload>)> = self_local(&txn, node, &changed);
+            for (n, w) in local {
+                let r = resources::with_policies(&w, &policy_set, node);
+                txn.put_workload(&n, Arc::new(r))
                     .map_err(|e| e.to_string())?;
-                resolved_changes.push((n.clone(), Some(Arc::new(r))));
             }
         }
-
-        // Apply to the held maps, remembering how to undo, then assemble.
-        let mut undo_resolved = Vec::with_capacity(resolved_changes.len());
-        for (n, r) in resolved_changes {
-            let old = match r {
-                Some(r) => self.resolved.insert(n.clone(), r),
-                None => self.resolved.remove(&n),
-            };
-            undo_resolved.push((n, old));
+        let mut held_services = Vec::new();
+        for c in services {
+            match c {
+                Change::Put(n, v, s) => {
+                    let addrs = resources::service_from_pb(&n, &s).map_err(|e| e.to_string())?;
+                    txn.put_service(&n, addrs).map_err(|e| e.to_string())?;
+                    held_services.push((n, Some(v)));
+                }
+                Change::Remove(n) => {
+                    txn.remove_service(&n);
+                    held_services.push((n, None));
+                }
+            }
         }
-        let undo_services = apply_changes(&mut self.services, services);
-        let assembled = Snapshot::assemble(
+        txn.commit();
+        for (n, v) in held_workloads {
+            match v {
+                Some(v) => self.workloads.insert(n, v),
+                None => self.workloads.remove(&n),
+            };
+        }
+        for (n, v) in held_services {
+            match v {
+                Some(v) => self.services.insert(n, v),
+                None => self.services.remove(&n),
+            };
+        }
+        self.policies = next_policies;
+        self.mesh = next_mesh;
+        self.checked_mesh = Some(checked.clone());
+        self.policy_set = Some(policy_set.clone());
+        Ok(Snapshot::cut(
             &checked,
             policy_set,
-            self.resolved.values().cloned(),
-            self.services.iter().map(|(n, (_, s))| (n.as_str(), s)),
+            &self.table,
             seq.to_owned(),
-        );
-        match assembled {
-            Ok(snapshot) => {
-                apply_changes(&mut self.workloads, workloads);
-                apply_changes(&mut self.policies, policies);
-                self.mesh = next_mesh;
-                self.checked_mesh = Some(checked);
-                if next_policies.is_some() {
-                    self.policy_set = next_policies;
-                }
-                Ok(snapshot)
-            }
-            Err(e) => {
-                for (n, old) in undo_resolved.into_iter().rev() {
-                    match old {
-                        Some(w) => self.resolved.insert(n, w),
-                        None => self.resolved.remove(&n),
-                    };
-                }
-                for (n, old) in undo_services.into_iter().rev() {
-                    match old {
-                        Some(s) => self.services.insert(n, s),
-                        None => self.services.remove(&n),
-                    };
-                }
-                Err(e.to_string())
-            }
-        }
+        ))
     }
 }
 
-fn versions<T>(m: &HashMap<String, (String, T)>) -> BTreeMap<String, String> {
-    m.iter().map(|(n, (v, _))| (n.clone(), v.clone())).collect()
-}
-
-/// Applies changes to a held map; returns what each name held before, for undoing.
-fn apply_changes<T>(
-    map: &mut HashMap<String, (String, T)>,
-    changes: Vec<Change<T>>,
-) -> Vec<(String, Option<(String, T)>)> {
-    changes
-        .into_iter()
-        .map(|c| match c {
-            Change::Put(n, v, t) => {
-                let old = map.insert(n.clone(), (v, t));
-                (n, old)
-            }
-            Change::Remove(n) => {
-                let old = map.remove(&n);
-                (n, old)
-            }
-        })
+/// The workloads of `node` in the table, except those already changed in this push.
+fn self_local(
+    txn: &ward_lib_api::table::Txn<'_>,
+    node: &str,
+    changed: &std::collections::HashSet<String>,
+) -> Vec<(String, Arc<Workload>)> {
+    txn.workloads()
+        .filter(|(n, w)| w.node == node && !changed.contains(*n))
+        .map(|(n, w)| (n.clone(), w.clone()))
         .collect()
 }
 

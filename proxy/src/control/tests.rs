@@ -44,7 +44,7 @@ fn response(
 }
 
 fn enc(msg: &impl Message) -> Vec<u8> {
-    Encoded::new("x", msg).bytes.to_vec()
+    Encoded::new("x", WORKLOAD, msg).bytes.to_vec()
 }
 
 fn workload(name: &str, node: &str, ip: [u8; 4]) -> (String, Vec<u8>) {
