@@ -19,6 +19,11 @@
 //! and exits non-zero — naming the tool — when something it needs is missing.
 #![forbid(unsafe_code)]
 
+/// The proxy's allocator: `control-scale` runs the proxies' own control-stream client code in
+/// this process, and should measure it as the proxy binary runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod control_scale;
 mod load;
 mod pairs;

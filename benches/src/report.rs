@@ -372,7 +372,7 @@ pub fn markdown(all: &[Measurement], machine: &str, settings: &str) -> String {
             b.how
         );
     }
-    out.push_str("| control: 10 000 pods, 1 000 policies, 100 nodes → full distribution, s | ≤ 2 | – | – | not measured | there is no control component yet |\n\n");
+    out.push_str("| control: 10 000 pods, 1 000 policies, 100 nodes → full distribution, s | ≤ 2 | – | – | see `control-scale` | measured by its own command, `control-scale` (benches/README.md) |\n\n");
     let mb = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "–".into());
     let _ = writeln!(
         out,

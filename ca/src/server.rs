@@ -274,6 +274,8 @@ async fn serve_connection<S>(
         // make every proxy's initial sync wait on round trips.
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(8 * 1024 * 1024)
+        // Bounds what a slow reader makes the server buffer per stream.
+        .max_send_buf_size(128 * 1024)
         .max_header_list_size(opts.max_header_list_bytes)
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(10))

@@ -9,10 +9,12 @@
 //! 2. it subscribes to the four ward types, each first request carrying the versions it
 //!    already holds (resumption after a reconnect);
 //! 3. once every type is subscribed and the index has delivered its initial state, the server
-//!    sends a *push*: one response per type, always all four and in [`TYPES`] order, with the
-//!    view's sequence number as `system_version_info`. The proxy applies a push as one unit
-//!    when its last response arrives, so it never enforces half an update (e.g. a new
-//!    workload without the policies that came with it);
+//!    sends a *push*: responses for every type, always all four and in [`TYPES`] order (the
+//!    address table in chunks of at most 1 000 resources, the policies in exactly one final
+//!    response), with the view's sequence number as `system_version_info`. The proxy applies
+//!    a push as one unit when the Policy response arrives, so it never enforces half an update
+//!    (e.g. a new workload without the policies that came with it). A view that changes
+//!    nothing for this node is not pushed;
 //! 4. the proxy ACKs or NACKs every response by nonce. Only when all four are ACKed does the
 //!    pushed view become the stream's baseline; the next push is the difference between the
 //!    baseline and the newest view (by the index's change log, or a full comparison when the
@@ -56,6 +58,9 @@ impl XdsServer {
     }
 }
 
+/// Most resources in one response (a workload is ~100 bytes: ~100 KB per response).
+const CHUNK: usize = 1000;
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -97,7 +102,9 @@ impl AggregatedDiscoveryService for XdsServer {
                 });
             }
         };
-        let (tx, rx) = mpsc::channel(8);
+        // Two responses in flight per stream: enough to keep the connection busy, little
+        // memory held per proxy during a first sync of the whole address table.
+        let (tx, rx) = mpsc::channel(2);
         let stream = StreamState::new(requester.node, self.views.clone(), self.stats.clone());
         tokio::spawn(stream.run(request.into_inner(), tx));
         Ok(Response::new(Box::pin(
@@ -269,20 +276,32 @@ impl StreamState {
         }
         let mut nonces = HashMap::new();
         for (type_url, resources, removed) in diffs {
-            self.nonce += 1;
-            let nonce = format!("{}-{}", view.seq, self.nonce);
-            let response = DeltaDiscoveryResponse {
-                system_version_info: view.seq.to_string(),
-                // Pre-encoded `Resource` messages, shared with every other stream.
-                resources: resources.into_iter().map(|r| r.wire).collect(),
-                type_url: type_url.to_owned(),
-                nonce: nonce.clone(),
-                removed_resources: removed,
+            // The address table goes in chunks, so a first push to many proxies at once does
+            // not hold many whole copies of it in encode buffers; the push still ends with the
+            // one Policy response, where the proxy applies it.
+            let chunk = if type_url == POLICY {
+                usize::MAX
+            } else {
+                CHUNK
             };
-            nonces.insert(nonce, type_url);
-            tx.send(Ok(response))
-                .await
-                .map_err(|_| "the proxy went away".to_owned())?;
+            let mut resources = resources.into_iter().map(|r| r.wire).peekable();
+            let mut removed = Some(removed);
+            while removed.is_some() || resources.peek().is_some() {
+                self.nonce += 1;
+                let nonce = format!("{}-{}", view.seq, self.nonce);
+                let response = DeltaDiscoveryResponse {
+                    system_version_info: view.seq.to_string(),
+                    // Pre-encoded `Resource` messages, shared with every other stream.
+                    resources: resources.by_ref().take(chunk).collect(),
+                    type_url: type_url.to_owned(),
+                    nonce: nonce.clone(),
+                    removed_resources: removed.take().unwrap_or_default(),
+                };
+                nonces.insert(nonce, type_url);
+                tx.send(Ok(response))
+                    .await
+                    .map_err(|_| "the proxy went away".to_owned())?;
+            }
         }
         self.stats.pushes.inc();
         self.pending = Some(Pending {

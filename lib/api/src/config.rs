@@ -418,12 +418,12 @@ impl Snapshot {
             let resolved =
                 crate::resources::workload_from_pb(&name, w, &mesh.trust_domain, &policies, &node)
                     .map_err(|e| ConfigError(e.to_string()))?;
-            txn.put_workload(&name, Arc::new(resolved))?;
+            txn.put_workload(&name.as_str().into(), Arc::new(resolved))?;
         }
         for (name, s) in &services {
             let addrs = crate::resources::service_from_pb(name, s)
                 .map_err(|e| ConfigError(e.to_string()))?;
-            txn.put_service(name, addrs)?;
+            txn.put_service(&name.as_str().into(), addrs)?;
         }
         txn.commit();
         Ok(Self::cut(&mesh, policies, &table, version))

@@ -11,21 +11,26 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use foldhash::fast::RandomState;
+
 use crate::config::{ConfigError, ServiceBackend, Workload};
 
-/// Workloads by name and address; services by name and address.
+/// Workloads by name and address; services by name and address. Names are shared
+/// (`Arc<str>`) with whoever holds them (the proxy's record of versions), and the maps hash
+/// with foldhash: their keys come from the configuration, not from the network, and these
+/// maps are what a proxy rebuilds for every workload of the mesh.
 #[derive(Debug, Default, Clone)]
 pub struct AddressTable {
-    workloads: HashMap<String, Arc<Workload>>,
+    workloads: HashMap<Arc<str>, Arc<Workload>, RandomState>,
     by_ip: HashMap<IpAddr, Arc<Workload>>,
-    services: HashMap<String, Vec<SocketAddr>>,
+    services: HashMap<Arc<str>, Vec<SocketAddr>, RandomState>,
     by_addr: HashMap<SocketAddr, Arc<ServiceBackend>>,
 }
 
 enum Undo {
-    Workload(String, Option<Arc<Workload>>),
+    Workload(Arc<str>, Option<Arc<Workload>>),
     Ip(IpAddr, Option<Arc<Workload>>),
-    Service(String, Option<Vec<SocketAddr>>),
+    Service(Arc<str>, Option<Vec<SocketAddr>>),
     Addr(SocketAddr, Option<Arc<ServiceBackend>>),
 }
 
@@ -47,7 +52,7 @@ impl AddressTable {
         self.workloads.get(name)
     }
 
-    pub fn workloads(&self) -> impl Iterator<Item = (&String, &Arc<Workload>)> {
+    pub fn workloads(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Workload>)> {
         self.workloads.iter()
     }
 
@@ -64,8 +69,15 @@ impl AddressTable {
 }
 
 impl Txn<'_> {
+    /// Room for `n` more changes (a first push puts the whole table).
+    pub fn reserve(&mut self, n: usize) {
+        self.undo.reserve(2 * n);
+        self.table.workloads.reserve(n);
+        self.table.by_ip.reserve(n);
+    }
+
     /// Puts (or replaces) workload `name`. An address another workload holds is an error.
-    pub fn put_workload(&mut self, name: &str, w: Arc<Workload>) -> Result<(), ConfigError> {
+    pub fn put_workload(&mut self, name: &Arc<str>, w: Arc<Workload>) -> Result<(), ConfigError> {
         self.remove_workload(name);
         for ip in &w.ips {
             if let Some(other) = self.table.by_ip.get(ip) {
@@ -77,12 +89,12 @@ impl Txn<'_> {
             let old = self.table.by_ip.insert(*ip, w.clone());
             self.undo.push(Undo::Ip(*ip, old));
         }
-        let old = self.table.workloads.insert(name.to_owned(), w);
-        self.undo.push(Undo::Workload(name.to_owned(), old));
+        let old = self.table.workloads.insert(name.clone(), w);
+        self.undo.push(Undo::Workload(name.clone(), old));
         Ok(())
     }
 
-    pub fn remove_workload(&mut self, name: &str) {
+    pub fn remove_workload(&mut self, name: &Arc<str>) {
         let Some(old) = self.table.workloads.remove(name) else {
             return;
         };
@@ -97,14 +109,14 @@ impl Txn<'_> {
                 self.undo.push(Undo::Ip(*ip, prev));
             }
         }
-        self.undo.push(Undo::Workload(name.to_owned(), Some(old)));
+        self.undo.push(Undo::Workload(name.clone(), Some(old)));
     }
 
     /// Puts (or replaces) service `name` with its addresses. An address another service
     /// holds is an error.
     pub fn put_service(
         &mut self,
-        name: &str,
+        name: &Arc<str>,
         addrs: Vec<(SocketAddr, ServiceBackend)>,
     ) -> Result<(), ConfigError> {
         self.remove_service(name);
@@ -120,12 +132,12 @@ impl Txn<'_> {
             self.undo.push(Undo::Addr(addr, old));
             mine.push(addr);
         }
-        let old = self.table.services.insert(name.to_owned(), mine);
-        self.undo.push(Undo::Service(name.to_owned(), old));
+        let old = self.table.services.insert(name.clone(), mine);
+        self.undo.push(Undo::Service(name.clone(), old));
         Ok(())
     }
 
-    pub fn remove_service(&mut self, name: &str) {
+    pub fn remove_service(&mut self, name: &Arc<str>) {
         let Some(old) = self.table.services.remove(name) else {
             return;
         };
@@ -133,11 +145,11 @@ impl Txn<'_> {
             let prev = self.table.by_addr.remove(addr);
             self.undo.push(Undo::Addr(*addr, prev));
         }
-        self.undo.push(Undo::Service(name.to_owned(), Some(old)));
+        self.undo.push(Undo::Service(name.clone(), Some(old)));
     }
 
     /// The workloads as the transaction has them so far.
-    pub fn workloads(&self) -> impl Iterator<Item = (&String, &Arc<Workload>)> {
+    pub fn workloads(&self) -> impl Iterator<Item = (&Arc<str>, &Arc<Workload>)> {
         self.table.workloads.iter()
     }
 
@@ -160,7 +172,11 @@ impl Drop for Txn<'_> {
     }
 }
 
-fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, k: K, old: Option<V>) {
+fn restore<K: std::hash::Hash + Eq, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+    k: K,
+    old: Option<V>,
+) {
     match old {
         Some(v) => {
             map.insert(k, v);

@@ -215,8 +215,8 @@ impl Drop for Disconnected<'_> {
 #[derive(Default)]
 pub struct Store {
     mesh: Option<(String, pb::MeshConfig)>,
-    workloads: HashMap<String, String>,
-    services: HashMap<String, String>,
+    workloads: HashMap<Arc<str>, String, foldhash::fast::RandomState>,
+    services: HashMap<Arc<str>, String, foldhash::fast::RandomState>,
     policies: HashMap<String, (String, String)>,
     checked_mesh: Option<Mesh>,
     policy_set: Option<Arc<PolicySet>>,
@@ -241,12 +241,12 @@ impl Store {
             WORKLOAD => self
                 .workloads
                 .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
+                .map(|(n, v)| (n.to_string(), v.clone()))
                 .collect(),
             SERVICE => self
                 .services
                 .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
+                .map(|(n, v)| (n.to_string(), v.clone()))
                 .collect(),
             POLICY => self
                 .policies
@@ -336,8 +336,8 @@ impl Store {
 
         // The address table, changed in a transaction: dropped on error, it restores itself.
         let mut txn = self.table.begin();
-        let mut changed = std::collections::HashSet::new();
-        let mut held_workloads = Vec::new();
+        txn.reserve(workloads.len());
+        let mut held_workloads = Vec::with_capacity(workloads.len());
         for c in workloads {
             match c {
                 Change::Put(n, v, w) => {
@@ -349,14 +349,14 @@ impl Store {
                         node,
                     )
                     .map_err(|e| e.to_string())?;
+                    let n: Arc<str> = n.into();
                     txn.put_workload(&n, Arc::new(r))
                         .map_err(|e| e.to_string())?;
-                    changed.insert(n.clone());
                     held_workloads.push((n, Some(v)));
                 }
                 Change::Remove(n) => {
+                    let n: Arc<str> = n.into();
                     txn.remove_workload(&n);
-                    changed.insert(n.clone());
                     held_workloads.push((n, None));
                 }
             }
@@ -365,8 +365,13 @@ impl Store {
             return Err("the trust domain changed; proxies must be restarted to follow it".into());
         }
         if policies_changed {
-            // Local workloads' policies (and modes) follow the new policy set.
-            let local: Vec<(String, Arc<Workload>)> = self_local(&txn, node, &changed);
+            // Local workloads' policies (and modes) follow the new policy set (those put by
+            // this push already have them; recomputing a node's few workloads is cheap).
+            let local: Vec<(Arc<str>, Arc<Workload>)> = txn
+                .workloads()
+                .filter(|(_, w)| w.node == node)
+                .map(|(n, w)| (n.clone(), w.clone()))
+                .collect();
             for (n, w) in local {
                 let r = resources::with_policies(&w, &policy_set, node);
                 txn.put_workload(&n, Arc::new(r))
@@ -378,10 +383,12 @@ impl Store {
             match c {
                 Change::Put(n, v, s) => {
                     let addrs = resources::service_from_pb(&n, &s).map_err(|e| e.to_string())?;
+                    let n: Arc<str> = n.into();
                     txn.put_service(&n, addrs).map_err(|e| e.to_string())?;
                     held_services.push((n, Some(v)));
                 }
                 Change::Remove(n) => {
+                    let n: Arc<str> = n.into();
                     txn.remove_service(&n);
                     held_services.push((n, None));
                 }
@@ -411,18 +418,6 @@ impl Store {
             seq.to_owned(),
         ))
     }
-}
-
-/// The workloads of `node` in the table, except those already changed in this push.
-fn self_local(
-    txn: &ward_lib_api::table::Txn<'_>,
-    node: &str,
-    changed: &std::collections::HashSet<String>,
-) -> Vec<(String, Arc<Workload>)> {
-    txn.workloads()
-        .filter(|(n, w)| w.node == node && !changed.contains(*n))
-        .map(|(n, w)| (n.clone(), w.clone()))
-        .collect()
 }
 
 /// Decodes a response's resources of type `T`; every error names the resource.

@@ -4,7 +4,8 @@
 //! It keeps objects and implements what ward relies on as the API server documents it — not a
 //! replay of canned answers:
 //! - **list** with a collection `resourceVersion`, label and field selectors
-//!   (`metadata.name`, `metadata.namespace`);
+//!   (`metadata.name`, `metadata.namespace`), and pagination (`limit`, `continue`, every page
+//!   of a list from one snapshot);
 //! - **watch** from a resourceVersion (history replayed, then live events), `BOOKMARK`s when
 //!   asked (`allowWatchBookmarks`), `timeoutSeconds`, and `410 Gone` (an `ERROR` event with
 //!   reason `Expired`) for a resourceVersion older than the compacted history;
@@ -21,8 +22,7 @@
 //! Test controls: [`FakeApiServer::drop_watches`] cuts every open watch (as a lost connection
 //! would), [`FakeApiServer::compact`] forgets history (so resuming watches get `410 Gone`).
 //! Simplifications, stated: one resourceVersion counter for all kinds (as etcd has), no
-//! authentication of the caller, no pagination (`limit` is honoured by returning everything,
-//! which the API allows), server-side apply merges the applied fields instead of tracking
+//! authentication of the caller, server-side apply merges the applied fields instead of tracking
 //! field ownership per field.
 
 use std::collections::{BTreeMap, HashMap};
@@ -195,6 +195,8 @@ struct State {
     /// `(METHOD path prefix, barrier)`: matching requests wait until the barrier's count of
     /// them has arrived (to make races deterministic).
     rendezvous: Option<(String, Arc<tokio::sync::Barrier>)>,
+    /// Paginated lists in progress: continue token → (list resourceVersion, remaining items).
+    pages: HashMap<String, (u64, Vec<Value>)>,
 }
 
 /// The running server.
@@ -766,7 +768,7 @@ impl Server {
                     let _ = self.hold.clone().wait_for(|h| !*h).await;
                     self.watch(&t, &q, sel)
                 } else {
-                    self.list(&t, sel)
+                    self.list(&t, sel, &q)
                 }
             }
             (Method::GET, Some(name)) => {
@@ -855,24 +857,53 @@ impl Server {
         full(StatusCode::CREATED, &review)
     }
 
-    fn list(&self, t: &Target, sel: Selector) -> Response<Body> {
-        let st = self.lock();
-        let items: Vec<Value> = st
-            .objects
-            .iter()
-            .filter(|((id, ns, _), o)| {
-                *id == t.kind.id()
-                    && t.namespace.as_ref().is_none_or(|want| want == ns)
-                    && sel.matches(o)
-            })
-            .map(|(_, o)| o.clone())
-            .collect();
+    /// A list, paginated as the API server does: `limit` items per page and a `continue`
+    /// token for the rest, all pages of one list from the same snapshot (same
+    /// resourceVersion).
+    fn list(&self, t: &Target, sel: Selector, q: &HashMap<String, String>) -> Response<Body> {
+        let mut st = self.lock();
+        let limit = q
+            .get("limit")
+            .and_then(|l| l.parse::<usize>().ok())
+            .filter(|l| *l > 0);
+        let (rv, mut items) = match q.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => match st.pages.remove(token) {
+                Some(page) => page,
+                None => {
+                    return status(
+                        410,
+                        "Expired",
+                        "The provided continue parameter is too old to display a consistent list result.".into(),
+                    )
+                }
+            },
+            None => (
+                st.rv,
+                st.objects
+                    .iter()
+                    .filter(|((id, ns, _), o)| {
+                        *id == t.kind.id()
+                            && t.namespace.as_ref().is_none_or(|want| want == ns)
+                            && sel.matches(o)
+                    })
+                    .map(|(_, o)| o.clone())
+                    .collect(),
+            ),
+        };
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if let Some(limit) = limit.filter(|l| items.len() > *l) {
+            let rest = items.split_off(limit);
+            let token = format!("{rv}-{}-{}", st.pages.len(), rest.len());
+            metadata["continue"] = json!(token);
+            metadata["remainingItemCount"] = json!(rest.len());
+            st.pages.insert(token, (rv, rest));
+        }
         full(
             StatusCode::OK,
             &json!({
                 "apiVersion": t.kind.api_version(),
                 "kind": format!("{}List", t.kind.kind),
-                "metadata": {"resourceVersion": st.rv.to_string()},
+                "metadata": metadata,
                 "items": items,
             }),
         )
