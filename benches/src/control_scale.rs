@@ -220,6 +220,17 @@ fn client(
     Ok(state)
 }
 
+/// A `/proc/PID/status` memory field, in KiB.
+fn vm(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort();
     let i = ((v.len() as f64) * 0.99).ceil() as usize;
@@ -247,6 +258,7 @@ async fn measure(
     )
     .await?;
     drop(probe);
+    let rss_synced = vm(pid, "VmRSS:");
 
     let start = Instant::now();
     let states: Vec<Arc<State>> = (0..o.proxies)
@@ -261,9 +273,12 @@ async fn measure(
     .await?;
     let initial = start.elapsed();
     eprintln!(
-        "control-scale: initial distribution to {} proxies in {:.2} s",
+        "control-scale: initial distribution to {} proxies in {:.2} s; control RSS {} MB synced, {} MB after distribution (peak {} MB)",
         o.proxies,
-        initial.as_secs_f64()
+        initial.as_secs_f64(),
+        rss_synced / 1000,
+        vm(pid, "VmRSS:") / 1000,
+        vm(pid, "VmHWM:") / 1000,
     );
 
     // Pod changes: relabel pod i; every proxy must see the new label.
@@ -336,13 +351,7 @@ async fn measure(
         .await?;
         policy_times.push(t.elapsed());
     }
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm_kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let hwm_kib = vm(pid, "VmHWM:");
     Ok(format!(
         "control-scale: initial {:.2} s, pod-change p99 {} ms, policy-change p99 {} ms, rss {} MB, delta {} bytes",
         initial.as_secs_f64(),

@@ -247,9 +247,30 @@ fn kubernetes_mode_drives_every_proxy_from_the_api_server() {
     // A pod created through the API joins the mesh: web-1 gets its certificate and is reached
     // through the tunnel.
     c.serve_http("web-1");
-    api.apply(pod_object(&c, "web-1"));
     let web1 = format!("http://{}:8080/", c.pod("web-1").ip);
-    until_code(&c, "client-2", &web1, "200", Duration::from_secs(5));
+    let created = Instant::now();
+    api.apply(pod_object(&c, "web-1"));
+    // Through the tunnel, not passed through as to a destination outside the mesh.
+    loop {
+        let (code, _) = c.curl("client-2", &web1, &["--max-time", "1"]);
+        let tunnelled = c.access_log(2).iter().any(|r| {
+            r["dst_workload"].as_str() == Some("shop/web-1")
+                && r["decision"].as_str() == Some("allow")
+        });
+        if code == "200" && tunnelled {
+            break;
+        }
+        assert!(
+            created.elapsed() < Duration::from_secs(5),
+            "web-1 never reached through the mesh"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        created.elapsed() < Duration::from_secs(1),
+        "a new pod took {:?} to be reachable through the mesh",
+        created.elapsed()
+    );
 
     // Pods of a namespace without the label are not captured: legacy ↔ legacy is untouched
     // (plaintext, no proxy), while plaintext from legacy to a STRICT mesh pod is refused.
