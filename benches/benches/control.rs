@@ -11,6 +11,10 @@ use ward_lib_api::resources::{Encoded, MESH_CONFIG, MESH_NAME, POLICY, SERVICE, 
 use ward_lib_api::xds::DeltaDiscoveryResponse;
 use ward_proxy::control::Store;
 
+/// The proxy binary's allocator, so the figures are the proxy's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn response(type_url: &str, resources: &[Encoded]) -> DeltaDiscoveryResponse {
     // Decode what the server sends (pre-encoded Resource messages) as the proxy receives it.
     let wire = ward_lib_api::xds_server::DeltaDiscoveryResponse {

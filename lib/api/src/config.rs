@@ -195,13 +195,19 @@ pub struct ServiceBackend {
     pub endpoints: Vec<SocketAddr>,
 }
 
+/// Workloads by address. foldhash, not SipHash: keys come from the configuration, lookups are
+/// per connection, and a proxy builds this map for every workload of the mesh.
+pub type ByIp = HashMap<IpAddr, Arc<Workload>, foldhash::fast::RandomState>;
+/// Service backends by VIP:port.
+pub type ByAddr = HashMap<SocketAddr, Arc<ServiceBackend>, foldhash::fast::RandomState>;
+
 /// The immutable, validated view a proxy runs on.
 #[derive(Debug)]
 pub struct Snapshot {
     pub trust_domain: TrustDomain,
     pub bundle: TrustBundle,
-    pub by_ip: HashMap<IpAddr, Arc<Workload>>,
-    pub services: HashMap<SocketAddr, Arc<ServiceBackend>>,
+    pub by_ip: ByIp,
+    pub services: ByAddr,
     pub policies: Arc<PolicySet>,
     /// A fingerprint of the inputs, for `/config_dump` and logs.
     pub version: String,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use foldhash::fast::RandomState;
 
-use crate::config::{ConfigError, ServiceBackend, Workload};
+use crate::config::{ByAddr, ByIp, ConfigError, ServiceBackend, Workload};
 
 /// Workloads by name and address; services by name and address. Names are shared
 /// (`Arc<str>`) with whoever holds them (the proxy's record of versions), and the maps hash
@@ -22,9 +22,9 @@ use crate::config::{ConfigError, ServiceBackend, Workload};
 #[derive(Debug, Default, Clone)]
 pub struct AddressTable {
     workloads: HashMap<Arc<str>, Arc<Workload>, RandomState>,
-    by_ip: HashMap<IpAddr, Arc<Workload>>,
+    by_ip: ByIp,
     services: HashMap<Arc<str>, Vec<SocketAddr>, RandomState>,
-    by_addr: HashMap<SocketAddr, Arc<ServiceBackend>>,
+    by_addr: ByAddr,
 }
 
 enum Undo {
@@ -57,13 +57,7 @@ impl AddressTable {
     }
 
     /// Copies of the two maps a snapshot reads.
-    #[allow(clippy::type_complexity)] // reason: the snapshot's own two map types
-    pub fn cut(
-        &self,
-    ) -> (
-        HashMap<IpAddr, Arc<Workload>>,
-        HashMap<SocketAddr, Arc<ServiceBackend>>,
-    ) {
+    pub fn cut(&self) -> (ByIp, ByAddr) {
         (self.by_ip.clone(), self.by_addr.clone())
     }
 }

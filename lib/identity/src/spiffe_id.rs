@@ -157,7 +157,30 @@ impl SpiffeId {
         if !is_dns1123_subdomain(service_account) {
             return Err(SpiffeIdError::BadServiceAccount(service_account.to_owned()));
         }
-        Self::parse(&format!("{SCHEME}{td}/ns/{namespace}/sa/{service_account}"))
+        // A valid trust domain and two DNS names make a valid path (lowercase letters, digits,
+        // '-' and '.', no empty or dot-only segment): built directly rather than parsed again,
+        // since proxies build one per workload of the mesh. The length limit still applies.
+        let mut uri = String::with_capacity(
+            SCHEME.len() + td.as_str().len() + 8 + namespace.len() + service_account.len(),
+        );
+        uri.push_str(SCHEME);
+        uri.push_str(td.as_str());
+        let path_at = uri.len();
+        uri.push_str("/ns/");
+        uri.push_str(namespace);
+        uri.push_str("/sa/");
+        uri.push_str(service_account);
+        if uri.len() > MAX_SPIFFE_ID_LEN {
+            return Err(SpiffeIdError::TooLong);
+        }
+        debug_assert_eq!(
+            Self::parse(&uri).ok(),
+            Some(Self {
+                uri: uri.clone(),
+                path_at
+            })
+        );
+        Ok(Self { uri, path_at })
     }
 
     /// The full URI, `spiffe://…`.

@@ -62,6 +62,24 @@ pub fn parse_documents(
 ) -> Result<Vec<Document>, Vec<PolicyError>> {
     let mut docs = Vec::new();
     let mut errors = Vec::new();
+    // One JSON object (what the control stream carries): read with the JSON parser, several
+    // times faster than the YAML one, into the same value the YAML path produces.
+    if text.trim_start().starts_with('{') {
+        if let Ok(value) = serde_json::from_str::<serde_yaml::Value>(text) {
+            parse_value(
+                value,
+                &format!("{origin}[doc 1]"),
+                trust,
+                &mut docs,
+                &mut errors,
+            );
+            return if errors.is_empty() {
+                Ok(docs)
+            } else {
+                Err(errors)
+            };
+        }
+    }
     for (i, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let where_ = format!("{origin}[doc {}]", i + 1);
         let value = match serde_path_to_error::deserialize::<_, serde_yaml::Value>(de) {
