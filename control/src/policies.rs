@@ -180,7 +180,7 @@ fn enforced(
     );
     Enforced {
         from,
-        namespace: object.key.namespace.clone(),
+        namespace: object.key.namespace.to_string(),
         selector,
         targets_only,
         document,
@@ -236,7 +236,7 @@ fn stand_in(object: &PolicyObject, trust: &TrustConfig) -> Option<Enforced> {
     let document = json!({
         "apiVersion": api_version,
         "kind": object.kind.as_str(),
-        "metadata": { "namespace": object.key.namespace, "name": object.key.name },
+        "metadata": { "namespace": &*object.key.namespace, "name": &*object.key.name },
         "spec": Value::Object(new_spec),
     });
     let (doc, _) = compile_document(&document, &object.origin, trust).ok()?;

@@ -171,15 +171,16 @@ pub struct Index {
     nodes: HashMap<String, NodeInfo>,
     namespaces: HashMap<String, NamespaceInfo>,
     pods: HashMap<Key, PodInfo>,
-    pods_by_ns: HashMap<String, BTreeSet<Key>>,
+    pods_by_ns: HashMap<Arc<str>, BTreeSet<Key>>,
     pods_by_node: HashMap<String, BTreeSet<Key>>,
-    pods_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
+    /// Usually one pod per address: a small vector, not a B-tree node (10 000 of them).
+    pods_by_ip: HashMap<IpAddr, Vec<Key>>,
     services: HashMap<Key, ServiceInfo>,
     slices: HashMap<Key, SliceInfo>,
     slices_by_service: HashMap<Key, BTreeSet<Key>>,
-    slices_by_ip: HashMap<IpAddr, BTreeSet<Key>>,
+    slices_by_ip: HashMap<IpAddr, Vec<Key>>,
     policies: HashMap<PolicyId, PolicyState>,
-    policies_by_ns: HashMap<String, BTreeSet<PolicyId>>,
+    policies_by_ns: HashMap<Arc<str>, BTreeSet<PolicyId>>,
 
     published: HashMap<Key, Published>,
     ip_owner: HashMap<IpAddr, Key>,
@@ -326,7 +327,7 @@ impl Index {
         if self.namespaces.get(&ns.name) == Some(&ns) {
             return;
         }
-        if let Some(pods) = self.pods_by_ns.get(&ns.name) {
+        if let Some(pods) = self.pods_by_ns.get(ns.name.as_str()) {
             self.dirty_pods.extend(pods.iter().cloned());
         }
         self.namespaces.insert(ns.name.clone(), ns);
@@ -374,10 +375,7 @@ impl Index {
                 .insert(pod.key.clone());
         }
         for ip in &pod.ips {
-            self.pods_by_ip
-                .entry(*ip)
-                .or_default()
-                .insert(pod.key.clone());
+            add_to(&mut self.pods_by_ip, *ip, &pod.key);
         }
         self.dirty_pods.insert(pod.key.clone());
         self.pods.insert(pod.key.clone(), pod);
@@ -416,7 +414,7 @@ impl Index {
             remove_from(&mut self.pods_by_node, n, key);
         }
         for ip in &old.ips {
-            remove_from(&mut self.pods_by_ip, ip, key);
+            remove_from_vec(&mut self.pods_by_ip, ip, key);
         }
         true
     }
@@ -465,10 +463,7 @@ impl Index {
             .insert(slice.key.clone());
         self.dirty_services.insert(svc);
         for ip in slice.endpoints.iter().flat_map(|e| &e.ips) {
-            self.slices_by_ip
-                .entry(*ip)
-                .or_default()
-                .insert(slice.key.clone());
+            add_to(&mut self.slices_by_ip, *ip, &slice.key);
             if let Some(pods) = self.pods_by_ip.get(ip) {
                 self.dirty_pods.extend(pods.iter().cloned());
             }
@@ -513,7 +508,7 @@ impl Index {
             .flat_map(|e| e.ips.iter().copied())
             .collect();
         for ip in ips {
-            remove_from(&mut self.slices_by_ip, &ip, key);
+            remove_from_vec(&mut self.slices_by_ip, &ip, key);
             if let Some(pods) = self.pods_by_ip.get(&ip) {
                 self.dirty_pods.extend(pods.iter().cloned());
             }
@@ -582,7 +577,7 @@ impl Index {
     /// Marks the nodes whose policy set may change with policy `id`: those with published
     /// workloads in its namespace (every node, for the root namespace).
     fn dirty_policy_nodes(&mut self, id: &PolicyId) {
-        if id.1.namespace == self.root_namespace() {
+        if *id.1.namespace == *self.root_namespace() {
             self.all_nodes_dirty = true;
             return;
         }
@@ -747,7 +742,7 @@ impl Index {
                     .filter_map(|k| {
                         self.published
                             .get(k)
-                            .map(|p| (k.namespace.clone(), p.service_account.clone()))
+                            .map(|p| (k.namespace.to_string(), p.service_account.clone()))
                     })
                     .collect();
                 if set.is_empty() {
@@ -813,7 +808,7 @@ impl Index {
         }
         if !self
             .namespaces
-            .get(&key.namespace)
+            .get(&*key.namespace)
             .is_some_and(|n| n.enrolled)
         {
             return None;
@@ -842,8 +837,8 @@ impl Index {
             }
         }
         let w = pb::Workload {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
             service_account: pod.service_account.clone(),
             node: node_name.clone(),
             ips: pod.ips.iter().map(|ip| ip_to_bytes(*ip)).collect(),
@@ -923,8 +918,8 @@ impl Index {
             })
             .collect();
         Some(pb::Service {
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
+            namespace: key.namespace.to_string(),
+            name: key.name.to_string(),
             vips: vips.iter().map(|ip| ip_to_bytes(*ip)).collect(),
             ports,
         })
@@ -938,10 +933,10 @@ impl Index {
             let Some(pod) = self.pods.get(key) else {
                 continue;
             };
-            let namespaces = [root, key.namespace.as_str()];
+            let namespaces = [root, &*key.namespace];
             for id in namespaces
                 .iter()
-                .take(if key.namespace == root { 1 } else { 2 })
+                .take(if &*key.namespace == root { 1 } else { 2 })
                 .filter_map(|ns| self.policies_by_ns.get(*ns))
                 .flatten()
             {
@@ -974,6 +969,22 @@ fn merge_protocol(ports: &mut BTreeMap<u16, PortProtocol>, port: u16, p: PortPro
     let e = ports.entry(port).or_insert(p);
     if rank(p) > rank(*e) {
         *e = p;
+    }
+}
+
+fn add_to(map: &mut HashMap<IpAddr, Vec<Key>>, ip: IpAddr, key: &Key) {
+    let v = map.entry(ip).or_default();
+    if !v.contains(key) {
+        v.push(key.clone());
+    }
+}
+
+fn remove_from_vec(map: &mut HashMap<IpAddr, Vec<Key>>, ip: &IpAddr, key: &Key) {
+    if let Some(v) = map.get_mut(ip) {
+        v.retain(|k| k != key);
+        if v.is_empty() {
+            map.remove(ip);
+        }
     }
 }
 

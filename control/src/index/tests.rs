@@ -440,7 +440,7 @@ fn an_invalid_edit_keeps_the_last_good_policy_in_force_on_the_node() {
     assert!(p.contains_key("AuthorizationPolicy/shop/deny-telnet"));
     let state = ix
         .policy_states()
-        .find(|s| s.object.key.name == "deny-ssh")
+        .find(|s| &*s.object.key.name == "deny-ssh")
         .unwrap_or_else(|| panic!("state"));
     assert!(matches!(
         state.verdict,
