@@ -10,7 +10,7 @@
 //!    already holds (resumption after a reconnect);
 //! 3. once every type is subscribed and the index has delivered its initial state, the server
 //!    sends a *push*: responses for every type, always all four and in [`TYPES`] order (the
-//!    address table in chunks of at most 1 000 resources, the policies in exactly one final
+//!    address table in chunks of at most 500 resources, the policies in exactly one final
 //!    response), with the view's sequence number as `system_version_info`. The proxy applies
 //!    a push as one unit when the Policy response arrives, so it never enforces half an update
 //!    (e.g. a new workload without the policies that came with it). A view that changes
@@ -61,8 +61,9 @@ impl XdsServer {
 /// The policies of a node without any (a `'static` empty set to borrow from).
 static EMPTY_POLICIES: std::sync::OnceLock<NodePolicies> = std::sync::OnceLock::new();
 
-/// Most resources in one response (a workload is ~100 bytes: ~100 KB per response).
-const CHUNK: usize = 1000;
+/// Most resources in one response (a workload is ~190 bytes on the wire: ~100 KB per
+/// response, which is what each stream's encode buffer grows to).
+const CHUNK: usize = 500;
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
 
