@@ -381,10 +381,10 @@ impl StreamState {
                             let names = if type_url == WORKLOAD { w } else { s };
                             diff_names(names.iter().map(|n| &**n), old, new)
                         }
-                        None => diff_maps(old, new),
+                        None => diff_maps(&**old, &**new),
                     }
                 }
-                POLICY => diff_policies(&b.policies_of(&self.node), node_policies),
+                POLICY => diff_maps(&*b.policies_of(&self.node), node_policies),
                 _ => (Vec::new(), Vec::new()),
             },
         }
@@ -409,34 +409,44 @@ fn diff_names<'a, 'n>(
     (send, removed)
 }
 
-/// Differences between two whole maps (a stream the change log no longer covers).
-fn diff_maps<'n>(old: &Resources, new: &'n Resources) -> (Vec<&'n Encoded>, Vec<String>) {
+/// A map of resources by name (the address table's hash maps, a node's ordered policies).
+trait ByName {
+    fn entry(&self, name: &str) -> Option<&Encoded>;
+    fn entries(&self) -> Box<dyn Iterator<Item = &Encoded> + '_>;
+}
+
+impl ByName for Resources {
+    fn entry(&self, name: &str) -> Option<&Encoded> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = &Encoded> + '_> {
+        Box::new(self.values())
+    }
+}
+
+impl ByName for NodePolicies {
+    fn entry(&self, name: &str) -> Option<&Encoded> {
+        self.get(name)
+    }
+    fn entries(&self) -> Box<dyn Iterator<Item = &Encoded> + '_> {
+        Box::new(self.values())
+    }
+}
+
+/// Differences between two whole maps (a stream the change log no longer covers, a node's
+/// policies).
+fn diff_maps<'n, M: ByName>(old: &M, new: &'n M) -> (Vec<&'n Encoded>, Vec<String>) {
     if std::ptr::eq(old, new) {
         return (Vec::new(), Vec::new());
     }
     let send = new
-        .iter()
-        .filter(|(n, e)| old.get(*n).map(|o| &o.version) != Some(&e.version))
-        .map(|(_, e)| e)
+        .entries()
+        .filter(|e| old.entry(&e.name).map(|o| &o.version) != Some(&e.version))
         .collect();
     let removed = old
-        .keys()
-        .filter(|n| !new.contains_key(*n))
-        .map(|n| n.to_string())
-        .collect();
-    (send, removed)
-}
-
-fn diff_policies<'n>(old: &NodePolicies, new: &'n NodePolicies) -> (Vec<&'n Encoded>, Vec<String>) {
-    let send = new
-        .iter()
-        .filter(|(n, e)| old.get(*n).map(|o| &o.version) != Some(&e.version))
-        .map(|(_, e)| e)
-        .collect();
-    let removed = old
-        .keys()
-        .filter(|n| !new.contains_key(*n))
-        .map(|n| n.to_string())
+        .entries()
+        .filter(|o| new.entry(&o.name).is_none())
+        .map(|o| o.name.to_string())
         .collect();
     (send, removed)
 }
