@@ -187,22 +187,18 @@ fn parse_value(
             .push("metadata.namespace is not set; assuming \"default\"".into());
     }
     match kind.as_str() {
-        "AuthorizationPolicy" => match serde_path_to_error::deserialize::<_, RawAuthzSpec>(spec) {
-            Ok(raw) => {
+        "AuthorizationPolicy" => {
+            if let Some(raw) = deserialize_all::<RawAuthzSpec>(&mut cx, spec) {
                 if let Some(p) = compile_authz(&mut cx, id, &meta, raw, trust) {
                     docs.push(Document::Authorization(p));
                 }
             }
-            Err(e) => cx.err(&e.path().to_string(), e.inner().to_string()),
-        },
+        }
         "PeerAuthentication" => {
-            match serde_path_to_error::deserialize::<_, RawPeerAuthSpec>(spec) {
-                Ok(raw) => {
-                    if let Some(p) = compile_peer_auth(&mut cx, id, raw) {
-                        docs.push(Document::PeerAuthentication(p));
-                    }
+            if let Some(raw) = deserialize_all::<RawPeerAuthSpec>(&mut cx, spec) {
+                if let Some(p) = compile_peer_auth(&mut cx, id, raw) {
+                    docs.push(Document::PeerAuthentication(p));
                 }
-                Err(e) => cx.err(&e.path().to_string(), e.inner().to_string()),
             }
         }
         "" => cx.err("kind", "is required".into()),
@@ -212,6 +208,65 @@ fn parse_value(
         ),
     }
     errors.append(&mut cx.errors);
+}
+
+/// Deserializes a spec, reporting *every* structural error (unknown field, wrong type), not
+/// only the first: each error's node is recorded, removed, and deserialization retried, so the
+/// rest of the policy is still checked field by field. Returns the spec with the bad nodes
+/// removed (which is then never enforced: the policy is invalid), or `None` if it cannot be
+/// read at all.
+fn deserialize_all<T: serde::de::DeserializeOwned>(
+    cx: &mut Cx<'_>,
+    mut spec: serde_yaml::Value,
+) -> Option<T> {
+    // Each round removes one node, so this ends; the bound guards against a value that keeps
+    // failing at a path that cannot be removed.
+    for _ in 0..64 {
+        match serde_path_to_error::deserialize::<_, T>(spec.clone()) {
+            Ok(t) => return Some(t),
+            Err(e) => {
+                let path = e.path().to_string();
+                cx.err(&path, e.inner().to_string());
+                if !remove_path(&mut spec, e.path()) {
+                    return None;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// Removes the node at `path` (from `serde_path_to_error`); whether something was removed.
+fn remove_path(value: &mut serde_yaml::Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    let Some((last, parents)) = segments.split_last() else {
+        return false;
+    };
+    let mut node = value;
+    for seg in parents {
+        node = match (seg, node) {
+            (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => {
+                match m.get_mut(key.as_str()) {
+                    Some(n) => n,
+                    None => return false,
+                }
+            }
+            (Segment::Seq { index }, serde_yaml::Value::Sequence(v)) => match v.get_mut(*index) {
+                Some(n) => n,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (last, node) {
+        (Segment::Map { key }, serde_yaml::Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        (Segment::Seq { index }, serde_yaml::Value::Sequence(v)) if *index < v.len() => {
+            v.remove(*index);
+            true
+        }
+        _ => false,
+    }
 }
 
 struct Cx<'a> {
@@ -512,6 +567,15 @@ fn compile_source(
             &s.not_request_principals,
             |v| single(StringMatch::parse(v, false)),
         ),
+        trust_domains: field(
+            cx,
+            path,
+            "trustDomains",
+            "notTrustDomains",
+            &s.trust_domains,
+            &s.not_trust_domains,
+            |v| expand_trust_domain(v, trust),
+        ),
     };
     let sa_count = s.service_accounts.as_ref().map_or(0, Vec::len)
         + s.not_service_accounts.as_ref().map_or(0, Vec::len);
@@ -538,7 +602,8 @@ fn compile_source(
         || src.service_accounts.is_set()
         || src.ip_blocks.is_set()
         || src.remote_ip_blocks.is_set()
-        || src.request_principals.is_set();
+        || src.request_principals.is_set()
+        || src.trust_domains.is_set();
     let written = [
         &s.principals,
         &s.not_principals,
@@ -552,6 +617,8 @@ fn compile_source(
         &s.not_remote_ip_blocks,
         &s.request_principals,
         &s.not_request_principals,
+        &s.trust_domains,
+        &s.not_trust_domains,
     ]
     .iter()
     .any(|f| f.as_ref().is_some_and(|v| !v.is_empty()));
@@ -581,6 +648,26 @@ fn expand_principal(v: &str, trust: &TrustConfig) -> Result<Vec<StringMatch>, St
     std::iter::once(&trust.trust_domain)
         .chain(trust.aliases.iter())
         .map(|td| StringMatch::parse(&format!("{td}{rest}"), false))
+        .collect()
+}
+
+/// A `trustDomains` value. As for principals, the current trust domain, an alias, or the
+/// literal `cluster.local` stands for the current domain and every alias; prefix, suffix and
+/// presence forms, and other domains, are matched as written.
+fn expand_trust_domain(v: &str, trust: &TrustConfig) -> Result<Vec<StringMatch>, String> {
+    if v.contains('/') {
+        return Err(format!(
+            "{v:?}: a trust domain has no '/' (e.g. \"cluster.local\"; use principals for identities)"
+        ));
+    }
+    let local =
+        v == trust.trust_domain || v == "cluster.local" || trust.aliases.iter().any(|a| a == v);
+    if !local {
+        return Ok(vec![StringMatch::parse(v, false)?]);
+    }
+    std::iter::once(&trust.trust_domain)
+        .chain(trust.aliases.iter())
+        .map(|td| StringMatch::parse(td, false))
         .collect()
 }
 

@@ -302,6 +302,13 @@ fn source_matches<T: Tracer>(s: &Source, a: &Attributes<'_>, t: &mut T) -> bool 
         "source.remoteIpBlocks",
         s.remote_ip_blocks.check(remote, |n, ip| n.contains(&ip))
     );
+    check!(
+        t,
+        s.trust_domains,
+        "source.trustDomains",
+        s.trust_domains
+            .check(peer.map(|p| p.trust_domain.as_str()), sm)
+    );
     let req_principal = a
         .http
         .and_then(|h| h.jwt.as_ref())

@@ -98,8 +98,9 @@ pub fn parse_port(v: &str) -> Result<u16, String> {
         .map_err(|_| format!("{v:?} is outside the port range 0-65535"))
 }
 
-/// A `paths` value: a string match, or a URI template with `{*}` (one segment) and `{**}`
-/// (the rest, only as the last segment).
+/// A `paths` value: a string match, or a URI template with `{*}` (exactly one segment) and
+/// `{**}` (zero or more segments). `{**}` must be the last *operator*; literal segments may
+/// follow it (`/store/{**}/cart`), as Istio documents.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     String(StringMatch),
@@ -123,11 +124,19 @@ impl PathMatch {
         }
         let parts: Vec<&str> = v[1..].split('/').collect();
         let mut segs = Vec::with_capacity(parts.len());
-        for (i, p) in parts.iter().enumerate() {
+        let mut after_rest = false;
+        for p in &parts {
             match *p {
+                "{*}" | "{**}" if after_rest => {
+                    return Err(format!(
+                        "{v:?}: '{{**}}' must be the last operator; only literal segments may follow it"
+                    ))
+                }
                 "{*}" => segs.push(Segment::One),
-                "{**}" if i + 1 == parts.len() => segs.push(Segment::Rest),
-                "{**}" => return Err(format!("{v:?}: '{{**}}' may only be the last segment")),
+                "{**}" => {
+                    after_rest = true;
+                    segs.push(Segment::Rest);
+                }
                 lit if lit.contains(['{', '}', '*']) => {
                     return Err(format!(
                         "{v:?}: segment {lit:?} mixes literal text with a template or '*'; use {{*}} or {{**}} as whole segments"
@@ -147,21 +156,33 @@ impl PathMatch {
                 let Some(rest) = path.strip_prefix('/') else {
                     return false;
                 };
-                let mut parts = rest.split('/');
-                for seg in segs {
+                let parts: Vec<&str> = rest.split('/').collect();
+                let mut at = 0;
+                for (i, seg) in segs.iter().enumerate() {
                     match seg {
-                        Segment::Rest => return true,
-                        Segment::One => match parts.next() {
-                            Some(p) if !p.is_empty() => {}
+                        Segment::Rest => {
+                            // Zero or more segments, then exactly the literals after it.
+                            let tail = &segs[i + 1..];
+                            if parts.len() < at + tail.len() {
+                                return false;
+                            }
+                            let start = parts.len() - tail.len();
+                            return tail
+                                .iter()
+                                .zip(&parts[start..])
+                                .all(|(s, p)| matches!(s, Segment::Literal(l) if l == p));
+                        }
+                        Segment::One => match parts.get(at) {
+                            Some(p) if !p.is_empty() => at += 1,
                             _ => return false,
                         },
-                        Segment::Literal(l) => match parts.next() {
-                            Some(p) if p == l => {}
+                        Segment::Literal(l) => match parts.get(at) {
+                            Some(p) if p == l => at += 1,
                             _ => return false,
                         },
                     }
                 }
-                parts.next().is_none()
+                at == parts.len()
             }
         }
     }
@@ -210,7 +231,19 @@ mod tests {
         let one = PathMatch::parse("/users/{*}").unwrap();
         assert!(one.matches("/users/7"));
         assert!(!one.matches("/users/7/x"));
-        assert!(PathMatch::parse("/a/{**}/b").is_err());
+        let t = PathMatch::parse("/store/{**}/cart").unwrap();
+        for (p, want) in [
+            ("/store/cart", true),
+            ("/store/a/cart", true),
+            ("/store/a/b/cart", true),
+            ("/store/a/cart/x", false),
+            ("/store", false),
+            ("/shop/a/cart", false),
+        ] {
+            assert_eq!(t.matches(p), want, "{p}");
+        }
+        assert!(PathMatch::parse("/a/{**}/{*}").is_err());
+        assert!(PathMatch::parse("/a/{**}/b/{**}").is_err());
         assert!(PathMatch::parse("/a/x{*}").is_err());
     }
 

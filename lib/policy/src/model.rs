@@ -120,6 +120,8 @@ pub struct Source {
     pub ip_blocks: Field<IpNet>,
     pub remote_ip_blocks: Field<IpNet>,
     pub request_principals: Field<StringMatch>,
+    /// The trust domain of the verified peer identity.
+    pub trust_domains: Field<StringMatch>,
 }
 
 #[derive(Debug, Clone, Default)]

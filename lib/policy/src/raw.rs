@@ -79,6 +79,8 @@ pub struct RawSource {
     pub not_ip_blocks: Option<Vec<String>>,
     pub remote_ip_blocks: Option<Vec<String>>,
     pub not_remote_ip_blocks: Option<Vec<String>>,
+    pub trust_domains: Option<Vec<String>>,
+    pub not_trust_domains: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -42,7 +42,8 @@ fn rejected_forms_name_their_field() {
         (authz("  rules: [{from: [{source: {principals: [\"cluster.local/ns/*/sa/b\"]}}]}]"), "rules[0].from[0].source.principals[0]", "'*' is allowed only"),
         (authz("  rules: [{to: [{operation: {hosts: [\"a.*.com\"]}}]}]"), "rules[0].to[0].operation.hosts[0]", "'*' is allowed only"),
         (authz("  rules: [{to: [{operation: {paths: [\"/a/*/b\"]}}]}]"), "rules[0].to[0].operation.paths[0]", "'*' is allowed only"),
-        (authz("  rules: [{to: [{operation: {paths: [\"/a/{**}/b\"]}}]}]"), "rules[0].to[0].operation.paths[0]", "may only be the last segment"),
+        (authz("  rules: [{to: [{operation: {paths: [\"/a/{**}/{*}\"]}}]}]"), "rules[0].to[0].operation.paths[0]", "must be the last operator"),
+        (authz("  rules: [{from: [{source: {trustDomains: [\"cluster.local/ns/a\"]}}]}]"), "rules[0].from[0].source.trustDomains[0]", "a trust domain has no '/'"),
         (authz("  rules: [{to: [{operation: {notPaths: [\"/a/x{*}\"]}}]}]"), "rules[0].to[0].operation.notPaths[0]", "mixes literal text"),
         (authz("  rules: [{from: [{source: {serviceAccounts: [\"ns/*\"]}}]}]"), "rules[0].from[0].source.serviceAccounts[0]", "wildcards are not allowed"),
         (authz("  rules: [{from: [{source: {serviceAccounts: [a], principals: [x]}}]}]"), "rules[0].from[0].source.serviceAccounts", "cannot be combined"),
@@ -98,6 +99,51 @@ fn errors_name_the_policy_and_all_errors_are_reported() {
         "t.yaml[doc 1]: policy ns/p: rules[0].from[0].source.ipBlocks[0]: \"10.0.0.0/33\" is not an IP address or CIDR"
     );
     assert!(errs[1].contains("rules[1].to[0].operation.ports[0]"));
+}
+
+#[test]
+fn structural_errors_do_not_hide_the_others() {
+    // An unknown field, a wrong type and two invalid values in one policy: all four reported.
+    let errs = errors(&authz(
+        "  rules:
+    - from: [{source: {principal: [a], ipBlocks: [10.0.0.0/33]}}]
+      to: [{operation: {ports: \"8080\", methods: [GET]}}, {operation: {ports: [\"99999\"]}}]",
+    ));
+    let paths: Vec<&str> = errs
+        .iter()
+        .map(|e| e.split(": ").nth(2).unwrap_or(""))
+        .collect();
+    for want in [
+        "rules[0].from[0].source.principal",
+        "rules[0].to[0].operation.ports",
+        "rules[0].from[0].source.ipBlocks[0]",
+        "rules[0].to[1].operation.ports[0]",
+    ] {
+        assert!(paths.contains(&want), "{want} not reported in {errs:#?}");
+    }
+}
+
+#[test]
+fn what_kubectl_get_prints_is_read() {
+    // Server-set metadata, status, and a List of them.
+    let object = "apiVersion: security.ward.dev/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  namespace: ns\n  uid: 6c1f0e8e-0000-4000-8000-000000000001\n  resourceVersion: \"4711\"\n  generation: 3\n  creationTimestamp: \"2026-12-01T10:00:00Z\"\n  managedFields: [{manager: kubectl, operation: Apply}]\n  annotations: {kubectl.kubernetes.io/last-applied-configuration: \"{}\"}\nspec:\n  rules: [{}]\nstatus:\n  observedGeneration: 3\n  conditions: [{type: Accepted, status: \"True\", reason: Accepted, message: ok, lastTransitionTime: \"2026-12-01T10:00:01Z\"}]\n";
+    let list = format!(
+        "apiVersion: v1\nkind: List\nmetadata: {{resourceVersion: \"\"}}\nitems:\n{}",
+        object
+            .lines()
+            .enumerate()
+            .map(|(i, l)| if i == 0 {
+                format!("- {l}\n")
+            } else {
+                format!("  {l}\n")
+            })
+            .collect::<String>()
+    );
+    for text in [object.to_string(), list] {
+        let docs = parse_documents(&text, "get.yaml", &TrustConfig::default())
+            .unwrap_or_else(|e| panic!("{e:#?}\n{text}"));
+        assert_eq!(docs.len(), 1, "{text}");
+    }
 }
 
 #[test]
