@@ -34,6 +34,9 @@ enum Command {
     /// Validate, evaluate, explain and test authorization policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Print ward's CustomResourceDefinitions (AuthorizationPolicy, PeerAuthentication in
+    /// security.ward.dev/v1), generated from their Rust types.
+    Crds,
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,12 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Crds => ward_lib_crds::crds_yaml()
+            .map(|y| {
+                print!("{y}");
+                ExitCode::SUCCESS
+            })
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(code) => code,
