@@ -460,6 +460,8 @@ pub fn policy(o: &DynamicObject, kind: PolicyKind) -> Option<PolicyObject> {
             o.name_any()
         ),
         document,
+        uid: o.metadata.uid.clone(),
+        status: o.data.get("status").cloned(),
     })
 }
 

@@ -21,4 +21,5 @@ pub mod model;
 pub mod policies;
 pub mod runtime;
 pub mod server;
+pub mod status;
 pub mod xds;

@@ -496,6 +496,8 @@ fn object(value: Value, origin: &str) -> Result<PolicyObject, String> {
         generation: 0,
         origin: origin.to_owned(),
         document: value,
+        uid: None,
+        status: None,
     })
 }
 

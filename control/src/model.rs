@@ -184,6 +184,21 @@ pub struct PolicyObject {
     /// Where it came from, for messages (`file policies/deny.yaml[doc 2]`, `kubernetes`).
     pub origin: String,
     pub document: serde_json::Value,
+    /// The API object's uid and current `.status` (Kubernetes only): what the status writer
+    /// compares against, and the Events' subject. Not part of what is enforced.
+    pub uid: Option<String>,
+    pub status: Option<serde_json::Value>,
+}
+
+impl PolicyObject {
+    /// Whether `other` is the same policy as written (status and uid aside).
+    pub fn same_policy(&self, other: &PolicyObject) -> bool {
+        self.kind == other.kind
+            && self.key == other.key
+            && self.generation == other.generation
+            && self.origin == other.origin
+            && self.document == other.document
+    }
 }
 
 /// `(kind, namespace/name)` of a policy.

@@ -54,6 +54,8 @@ pub struct Enforced {
     pub selector: Option<BTreeMap<String, String>>,
     /// Attached to gateways/waypoints only: applies to no workload.
     pub targets_only: bool,
+    /// Dry-run (annotation): evaluated and reported, never enforced.
+    pub dry_run: bool,
     /// The document that was enforced (kept to recompile when the trust domain changes).
     pub document: Value,
     pub resource: Encoded,
@@ -166,9 +168,9 @@ fn enforced(
     document: Value,
     from: EnforcedFrom,
 ) -> Enforced {
-    let (selector, targets_only) = match doc {
-        Document::Authorization(p) => (p.selector.clone(), p.targets_only),
-        Document::PeerAuthentication(p) => (p.selector.clone(), false),
+    let (selector, targets_only, dry_run) = match doc {
+        Document::Authorization(p) => (p.selector.clone(), p.targets_only, p.dry_run),
+        Document::PeerAuthentication(p) => (p.selector.clone(), false, false),
     };
     let name = format!("{}/{}", object.kind.resource_prefix(), object.key);
     let resource = Encoded::new(
@@ -183,6 +185,7 @@ fn enforced(
         namespace: object.key.namespace.to_string(),
         selector,
         targets_only,
+        dry_run,
         document,
         resource,
     }
@@ -265,6 +268,8 @@ mod tests {
                 "metadata": {"namespace": "shop", "name": "p"},
                 "spec": spec,
             }),
+            uid: None,
+            status: None,
         }
     }
 

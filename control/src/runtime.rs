@@ -76,6 +76,16 @@ pub struct Args {
     /// Kubernetes: validity of a newly created root.
     #[arg(long, default_value = "10y", value_parser = humantime::parse_duration)]
     pub root_validity: Duration,
+    /// Kubernetes: this replica's name in the leader-election Lease (the pod's name).
+    #[arg(long, env = "POD_NAME")]
+    pub instance: Option<String>,
+    /// Kubernetes: the Lease that elects the one replica writing policy status and Events.
+    #[arg(long, default_value = "ward-control")]
+    pub lease: String,
+    /// Kubernetes: how long a leader's Lease lasts without renewal (a dead leader is replaced
+    /// within this), in seconds.
+    #[arg(long, default_value_t = 15)]
+    pub lease_duration: u64,
 }
 
 /// Runs the control component until SIGTERM / Ctrl-C.
@@ -106,6 +116,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
 /// A started control component: sources, index and services, not yet listening.
 pub struct Running {
+    /// Whether this replica holds the Lease (Kubernetes mode).
+    pub leader: Option<watch::Receiver<bool>>,
     pub views: watch::Receiver<Arc<View>>,
     pub metrics: Metrics,
     /// Every policy object's state (status, metrics).
@@ -137,6 +149,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
     let metrics = Metrics::default();
     let directory: Arc<dyn WorkloadDirectory> = Arc::new(ViewDirectory::new(views_rx.clone()));
 
+    let mut leader_client = None;
     let (authority, authn, expected): (Arc<ArcSwap<Authority>>, Arc<dyn Authenticator>, Vec<Kind>) =
         match (&args.local_mesh, &args.local_ca) {
             (Some(mesh), Some(ca_dir)) => {
@@ -198,6 +211,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
                     args.istio_policies,
                     metrics.clone(),
                 );
+                leader_client = Some(client.clone());
                 let authn = Arc::new(
                     crate::ca::KubeTokenReview::new(
                         client,
@@ -221,6 +235,10 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
         views_tx,
         Some(policies_tx),
     ));
+    let leader = match leader_client {
+        Some(client) => Some(spawn_status_writer(&args, client, policies_rx.clone()).await?),
+        None => None,
+    };
 
     let td = authority.load().trust_domain().clone();
     let (ns, sa) = args
@@ -243,6 +261,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
     );
     let xds = XdsServer::new(views_rx.clone(), authn, metrics.clone());
     Ok(Running {
+        leader,
         views: views_rx,
         metrics,
         policies: policies_rx,
@@ -251,6 +270,49 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
         issuer,
         xds,
     })
+}
+
+/// Elects one writer among the replicas (a Lease, kube-lease-manager) and runs the status
+/// writer, which writes only while this replica leads.
+async fn spawn_status_writer(
+    args: &Args,
+    client: kube::Client,
+    policies: watch::Receiver<Arc<Vec<crate::policies::PolicyState>>>,
+) -> anyhow::Result<watch::Receiver<bool>> {
+    let instance = args.instance.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "ward-control".into()),
+            std::process::id()
+        )
+    });
+    let duration = args.lease_duration.max(2);
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease)
+        .with_namespace(&args.namespace)
+        .with_identity(&instance)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .build()
+        .await
+        .map_err(|e| anyhow::anyhow!("Lease {}/{}: {e}", args.namespace, args.lease))?;
+    let (leader, task) = manager.watch().await;
+    tokio::spawn(async move {
+        if let Ok(Err(e)) = task.await {
+            tracing::error!(error = %e, "leader election stopped");
+        }
+    });
+    let mut changes = leader.clone();
+    let who = instance.clone();
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let leads = *changes.borrow_and_update();
+            tracing::info!(instance = %who, leads, "leadership changed");
+        }
+    });
+    tokio::spawn(
+        crate::status::StatusWriter::new(client, leader.clone(), policies, instance).run(),
+    );
+    Ok(leader)
 }
 
 async fn shutdown_signal() {

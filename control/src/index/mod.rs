@@ -520,8 +520,13 @@ impl Index {
 
     pub fn apply_policy(&mut self, object: PolicyObject) {
         let id = (object.kind, object.key.clone());
-        if self.policies.get(&id).is_some_and(|p| p.object == object) {
-            return;
+        if let Some(p) = self.policies.get_mut(&id) {
+            if p.object.same_policy(&object) {
+                // Only its status (or uid) changed: keep it for the status writer.
+                p.object.status = object.status;
+                p.object.uid = object.uid;
+                return;
+            }
         }
         let state = PolicyState::compile(object, self.policies.get(&id), &self.trust());
         match &state.verdict {

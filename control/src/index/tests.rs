@@ -73,6 +73,8 @@ fn policy(ns: &str, name: &str, spec: serde_json::Value) -> PolicyObject {
             "metadata": {"namespace": ns, "name": name},
             "spec": spec,
         }),
+        uid: None,
+        status: None,
     }
 }
 

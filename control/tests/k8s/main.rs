@@ -2,6 +2,7 @@
 //! watchers and clients, the API server's documented semantics.
 
 mod root;
+mod status;
 mod watches;
 
 use std::sync::Arc;

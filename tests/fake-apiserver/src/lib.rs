@@ -197,6 +197,9 @@ struct State {
     rendezvous: Option<(String, Arc<tokio::sync::Barrier>)>,
     /// Paginated lists in progress: continue token → (list resourceVersion, remaining items).
     pages: HashMap<String, (u64, Vec<Value>)>,
+    /// `(METHOD path prefix, count)`: the next `count` matching requests fail with
+    /// `500 InternalError` (an API server having a bad moment).
+    failing: Option<(String, usize)>,
 }
 
 /// The running server.
@@ -386,6 +389,11 @@ impl FakeApiServer {
     /// made to race for real.
     pub fn rendezvous(&self, prefix: &str, n: usize) {
         self.lock().rendezvous = Some((prefix.to_owned(), Arc::new(tokio::sync::Barrier::new(n))));
+    }
+
+    /// The next `n` requests starting with `prefix` (`METHOD /path`) fail with `500`.
+    pub fn fail_next(&self, prefix: &str, n: usize) {
+        self.lock().failing = Some((prefix.to_owned(), n));
     }
 
     /// Requests served so far (`METHOD path?query`).
@@ -626,8 +634,12 @@ fn write(
             match mode {
                 WriteMode::Status => {
                     let status = object["status"].clone();
+                    let managed = object["metadata"]["managedFields"].clone();
                     object = old.clone();
                     object["status"] = status;
+                    if !managed.is_null() {
+                        object["metadata"]["managedFields"] = managed;
+                    }
                 }
                 _ => {
                     if kind.status_subresource && !matches!(mode, WriteMode::Everything) {
@@ -693,6 +705,162 @@ fn delete(
     Some(object)
 }
 
+/// One entry of `metadata.managedFields`, as leaf paths.
+#[derive(Debug, Clone)]
+struct Managed {
+    manager: String,
+    operation: String,
+    subresource: String,
+    paths: std::collections::BTreeSet<Vec<String>>,
+}
+
+/// The leaf paths of a value (objects recursed; lists and scalars are leaves), as
+/// server-side apply tracks ownership (simplified: a list is one field).
+fn leaf_paths(v: &Value) -> std::collections::BTreeSet<Vec<String>> {
+    fn walk(
+        v: &Value,
+        prefix: &mut Vec<String>,
+        out: &mut std::collections::BTreeSet<Vec<String>>,
+    ) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    prefix.push(k.clone());
+                    walk(x, prefix, out);
+                    prefix.pop();
+                }
+            }
+            _ if !prefix.is_empty() => {
+                out.insert(prefix.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn get_path<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| v.get(k))
+}
+
+/// `fieldsV1` (`{"f:spec": {"f:x": {}}}`) ↔ leaf paths.
+fn to_fields_v1(paths: &std::collections::BTreeSet<Vec<String>>) -> Value {
+    let mut root = json!({});
+    for p in paths {
+        let mut node = &mut root;
+        for k in p {
+            node = node
+                .as_object_mut()
+                .map(|m| m.entry(format!("f:{k}")).or_insert_with(|| json!({})))
+                .unwrap_or_else(|| unreachable!("fieldsV1 nodes are objects"));
+        }
+    }
+    root
+}
+
+fn from_fields_v1(v: &Value) -> std::collections::BTreeSet<Vec<String>> {
+    fn walk(
+        v: &Value,
+        prefix: &mut Vec<String>,
+        out: &mut std::collections::BTreeSet<Vec<String>>,
+    ) {
+        match v.as_object() {
+            Some(m) if !m.is_empty() => {
+                for (k, x) in m {
+                    prefix.push(k.trim_start_matches("f:").to_owned());
+                    walk(x, prefix, out);
+                    prefix.pop();
+                }
+            }
+            _ if !prefix.is_empty() => {
+                out.insert(prefix.clone());
+            }
+            _ => {}
+        }
+    }
+    let mut out = std::collections::BTreeSet::new();
+    walk(v, &mut Vec::new(), &mut out);
+    out
+}
+
+fn managed_fields(o: &Value) -> Vec<Managed> {
+    o["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| Managed {
+            manager: f["manager"].as_str().unwrap_or("").to_owned(),
+            operation: f["operation"].as_str().unwrap_or("").to_owned(),
+            subresource: f["subresource"].as_str().unwrap_or("").to_owned(),
+            paths: from_fields_v1(&f["fieldsV1"]),
+        })
+        .collect()
+}
+
+/// Stores `fields` as the object's `managedFields`. As the API server does, nobody owns a field
+/// the object no longer has (a field removed by one manager's update is gone for all of them).
+fn set_managed_fields(o: &mut Value, api_version: &str, mut fields: Vec<Managed>) {
+    for f in &mut fields {
+        f.paths
+            .retain(|p| get_path(o, p).is_some_and(|v| !v.is_null()));
+    }
+    o["metadata"]["managedFields"] = json!(fields
+        .into_iter()
+        .filter(|f| !f.paths.is_empty())
+        .map(|f| {
+            let mut e = json!({"manager": f.manager, "operation": f.operation, "apiVersion": api_version,
+                "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": to_fields_v1(&f.paths)});
+            if !f.subresource.is_empty() {
+                e["subresource"] = json!(f.subresource);
+            }
+            e
+        })
+        .collect::<Vec<_>>());
+}
+
+/// An update (create, replace, merge patch) by `manager`: it takes the fields it changed.
+fn record_update(
+    next: &mut Value,
+    before: &Value,
+    written: &Value,
+    manager: &str,
+    subresource: &str,
+    api_version: &str,
+) {
+    let mut w = written.clone();
+    if let Some(m) = w.as_object_mut() {
+        m.remove("apiVersion");
+        m.remove("kind");
+        m.remove("metadata");
+    }
+    let changed: std::collections::BTreeSet<Vec<String>> = leaf_paths(&w)
+        .into_iter()
+        .filter(|p| get_path(before, p) != get_path(next, p))
+        .collect();
+    if changed.is_empty() {
+        return;
+    }
+    let mut fields = managed_fields(next);
+    for f in &mut fields {
+        f.paths.retain(|p| !changed.contains(p));
+    }
+    match fields
+        .iter_mut()
+        .find(|f| f.manager == manager && f.operation == "Update" && f.subresource == subresource)
+    {
+        Some(f) => f.paths.extend(changed),
+        None => fields.push(Managed {
+            manager: manager.to_owned(),
+            operation: "Update".into(),
+            subresource: subresource.into(),
+            paths: changed,
+        }),
+    }
+    set_managed_fields(next, api_version, fields);
+}
+
 /// RFC 7386 JSON merge patch.
 fn merge(target: &mut Value, patch: &Value) {
     match (target.as_object_mut(), patch.as_object()) {
@@ -724,6 +892,12 @@ impl Server {
         let barrier = {
             let mut st = self.lock();
             st.requests.push(line.clone());
+            if let Some((prefix, left)) = st.failing.as_mut() {
+                if line.starts_with(prefix.as_str()) && *left > 0 {
+                    *left -= 1;
+                    return status(500, "InternalError", "injected failure".into());
+                }
+            }
             st.rendezvous
                 .as_ref()
                 .filter(|(prefix, _)| line.starts_with(prefix.as_str()))
@@ -784,11 +958,11 @@ impl Server {
             }
             (Method::POST, None) => match parse_body() {
                 Ok(o) if t.kind.kind == "TokenReview" => self.token_review(o),
-                Ok(o) => self.create(&t, o),
+                Ok(o) => self.create(&t, o, &q),
                 Err(r) => r,
             },
             (Method::PUT, Some(name)) => match parse_body() {
-                Ok(o) => self.replace(&t, name, o),
+                Ok(o) => self.replace(&t, name, o, &q),
                 Err(r) => r,
             },
             (Method::PATCH, Some(name)) => match parse_body() {
@@ -909,7 +1083,7 @@ impl Server {
         )
     }
 
-    fn create(&self, t: &Target, mut o: Value) -> Response<Body> {
+    fn create(&self, t: &Target, mut o: Value, q: &HashMap<String, String>) -> Response<Body> {
         if let Some(ns) = &t.namespace {
             o["metadata"]["namespace"] = json!(ns);
         }
@@ -929,6 +1103,19 @@ impl Server {
                 format!("{} \"{name}\" already exists", t.kind.plural),
             );
         }
+        let manager = q
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        let written = o.clone();
+        record_update(
+            &mut o,
+            &json!({}),
+            &written,
+            &manager,
+            "",
+            &t.kind.api_version(),
+        );
         let stored = write(
             &mut st,
             &self.events,
@@ -941,7 +1128,13 @@ impl Server {
         full(StatusCode::CREATED, &stored)
     }
 
-    fn replace(&self, t: &Target, name: &str, o: Value) -> Response<Body> {
+    fn replace(
+        &self,
+        t: &Target,
+        name: &str,
+        mut o: Value,
+        q: &HashMap<String, String>,
+    ) -> Response<Body> {
         let key = (
             t.kind.id(),
             t.namespace.clone().unwrap_or_default(),
@@ -965,6 +1158,18 @@ impl Server {
         } else {
             WriteMode::Replace
         };
+        let manager = q
+            .get("fieldManager")
+            .cloned()
+            .unwrap_or_else(|| "unknown".into());
+        let written = o.clone();
+        o["metadata"]["managedFields"] = old["metadata"]["managedFields"].clone();
+        let sub = if matches!(mode, WriteMode::Status) {
+            "status"
+        } else {
+            ""
+        };
+        record_update(&mut o, &old, &written, &manager, sub, &t.kind.api_version());
         let stored = write(&mut st, &self.events, t.kind, key, Some(&old), o, mode);
         full(StatusCode::OK, &stored)
     }
@@ -997,6 +1202,7 @@ impl Server {
             }
             (None, _) => return not_found(t.kind, name),
         };
+        let subresource = if status_only { "status" } else { "" };
         if apply {
             let Some(manager) = q.get("fieldManager").filter(|m| !m.is_empty()) else {
                 return status(
@@ -1015,26 +1221,63 @@ impl Server {
                 );
             }
             let mut p = patch.clone();
+            if let Some(m) = p.as_object_mut() {
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
             if let Some(m) = p["metadata"].as_object_mut() {
-                m.remove("resourceVersion");
-                m.remove("managedFields");
+                for k in [
+                    "resourceVersion",
+                    "managedFields",
+                    "name",
+                    "namespace",
+                    "uid",
+                ] {
+                    m.remove(k);
+                }
+                if m.is_empty() {
+                    p.as_object_mut().map(|o| o.remove("metadata"));
+                }
+            }
+            let force = q.get("force").is_some_and(|f| f == "true");
+            let applied = leaf_paths(&p);
+            let mut fields = managed_fields(&next);
+            // A field another manager owns, set here to another value, is a conflict — unless
+            // forced, which takes it over.
+            let mut conflicts = Vec::new();
+            for f in fields.iter_mut().filter(|f| f.manager != *manager) {
+                for path in &applied {
+                    if f.paths.contains(path) && get_path(&next, path) != get_path(&p, path) {
+                        if force {
+                            f.paths.remove(path);
+                        } else {
+                            conflicts.push(format!("{} owns .{}", f.manager, path.join(".")));
+                        }
+                    }
+                }
+            }
+            if !conflicts.is_empty() {
+                return status(
+                    409,
+                    "Conflict",
+                    format!(
+                        "Apply failed with {} conflict(s): {}",
+                        conflicts.len(),
+                        conflicts.join("; ")
+                    ),
+                );
             }
             merge(&mut next, &p);
-            let entry = json!({
-                "manager": manager, "operation": "Apply", "apiVersion": t.kind.api_version(),
-                "fieldsType": "FieldsV1", "subresource": if status_only { "status" } else { "" },
+            fields.retain(|f| {
+                !(f.manager == *manager && f.operation == "Apply" && f.subresource == subresource)
             });
-            let mut fields: Vec<Value> = next["metadata"]["managedFields"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|f| {
-                    !(f["manager"] == entry["manager"] && f["subresource"] == entry["subresource"])
-                })
-                .collect();
-            fields.push(entry);
-            next["metadata"]["managedFields"] = json!(fields);
+            fields.push(Managed {
+                manager: manager.clone(),
+                operation: "Apply".into(),
+                subresource: subresource.into(),
+                paths: applied.into_iter().collect(),
+            });
+            set_managed_fields(&mut next, &t.kind.api_version(), fields);
         } else {
             if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
                 if old
@@ -1045,7 +1288,20 @@ impl Server {
                     return status(409, "Conflict", format!("Operation cannot be fulfilled on {} \"{name}\": the object has been modified", t.kind.plural));
                 }
             }
+            let before = next.clone();
             merge(&mut next, &patch);
+            let manager = q
+                .get("fieldManager")
+                .cloned()
+                .unwrap_or_else(|| "unknown".into());
+            record_update(
+                &mut next,
+                &before,
+                &patch,
+                &manager,
+                subresource,
+                &t.kind.api_version(),
+            );
         }
         let mode = if status_only {
             WriteMode::Status
