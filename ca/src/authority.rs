@@ -283,6 +283,21 @@ impl Authority {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, AuthorityError> {
+        self.sign_with_dns_names(csr, id, &[], ttl, now)
+    }
+
+    /// As [`Authority::sign`], with DNS names beside the SPIFFE ID (the SPIFFE X509-SVID
+    /// standard allows other SAN types): for the control component's own serving
+    /// certificates, which clients outside the mesh — the API server calling the admission
+    /// webhook — verify by DNS name. Never used for workloads, whose CSRs name nothing.
+    pub fn sign_with_dns_names(
+        &self,
+        csr: &VerifiedCsr,
+        id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<IssuedCert, AuthorityError> {
         if now.unix_timestamp() >= self.issuer_not_after {
             return Err(AuthorityError::IssuerExpired(self.issuer_not_after));
         }
@@ -298,6 +313,13 @@ impl Authority {
         // An empty subject; the identity lives in the (then critical) URI SAN alone.
         params.distinguished_name = DistinguishedName::new();
         params.subject_alt_names = vec![san_uri(id.as_str())?];
+        for name in dns_names {
+            params
+                .subject_alt_names
+                .push(SanType::DnsName(name.as_str().try_into().map_err(
+                    |e: rcgen::Error| AuthorityError::Generate(format!("DNS name {name:?}: {e}")),
+                )?));
+        }
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![

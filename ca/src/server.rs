@@ -62,6 +62,8 @@ impl Default for ServerOptions {
 #[derive(Debug)]
 pub struct ServingCert {
     current: ArcSwap<CertifiedKey>,
+    /// DNS names the certificate carries beside its SPIFFE ID (kept across renewals).
+    dns_names: Vec<String>,
 }
 
 impl ServingCert {
@@ -72,9 +74,22 @@ impl ServingCert {
         ttl: Duration,
         clock: &dyn Clock,
     ) -> Result<Arc<Self>, String> {
-        let ck = self_issue(authority, id, ttl, clock)?;
+        Self::issue_with_dns_names(authority, id, Vec::new(), ttl, clock)
+    }
+
+    /// As [`ServingCert::issue`], with DNS names beside the SPIFFE ID (a server that clients
+    /// outside the mesh verify by name, such as the admission webhook).
+    pub fn issue_with_dns_names(
+        authority: &Authority,
+        id: &SpiffeId,
+        dns_names: Vec<String>,
+        ttl: Duration,
+        clock: &dyn Clock,
+    ) -> Result<Arc<Self>, String> {
+        let ck = self_issue(authority, id, &dns_names, ttl, clock)?;
         Ok(Arc::new(Self {
             current: ArcSwap::from_pointee(ck),
+            dns_names,
         }))
     }
 
@@ -87,7 +102,7 @@ impl ServingCert {
         ttl: Duration,
         clock: &dyn Clock,
     ) -> Result<(), String> {
-        let ck = self_issue(authority, id, ttl, clock)?;
+        let ck = self_issue(authority, id, &self.dns_names, ttl, clock)?;
         self.current.store(Arc::new(ck));
         Ok(())
     }
@@ -104,7 +119,7 @@ impl ServingCert {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ttl / 2).await;
-                match self_issue(&authority, &id, ttl, clock.as_ref()) {
+                match self_issue(&authority, &id, &me.dns_names, ttl, clock.as_ref()) {
                     Ok(ck) => me.current.store(Arc::new(ck)),
                     Err(e) => tracing::error!(error = %e, "renewing the CA serving certificate"),
                 }
@@ -122,6 +137,7 @@ impl ResolvesServerCert for ServingCert {
 fn self_issue(
     authority: &Authority,
     id: &SpiffeId,
+    dns_names: &[String],
     ttl: Duration,
     clock: &dyn Clock,
 ) -> Result<CertifiedKey, String> {
@@ -132,7 +148,7 @@ fn self_issue(
         .map_err(|e| e.to_string())?;
     let verified = verify_csr(csr.der()).map_err(|e| e.to_string())?;
     let issued = authority
-        .sign(&verified, id, ttl, clock.now())
+        .sign_with_dns_names(&verified, id, dns_names, ttl, clock.now())
         .map_err(|e| e.to_string())?;
     let provider = ward_lib_identity::tls::provider();
     let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());

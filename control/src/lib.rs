@@ -6,7 +6,8 @@
 //! publishes immutable [`index::View`]s; [`xds`] streams each proxy the view of its own node
 //! (xDS delta: versions, nonces, ACK/NACK, resumption); [`ca`] hosts the issuing CA, binding
 //! identities to nodes from the same views; [`server`] is the TLS + gRPC edge both share;
-//! [`runtime`] wires it together for `main`.
+//! [`status`] writes policy status and Events (the Lease holder only); [`webhook`] is the
+//! validating admission webhook; [`runtime`] wires it together for `main`.
 //!
 //! Never: serve a view before every source has delivered its initial state, let one bad
 //! object affect another, or send a proxy anything of another node's local view.
@@ -22,4 +23,5 @@ pub mod policies;
 pub mod runtime;
 pub mod server;
 pub mod status;
+pub mod webhook;
 pub mod xds;

@@ -13,6 +13,7 @@ use ward_ca::clock::{Clock, SystemClock};
 use ward_ca::directory::WorkloadDirectory;
 use ward_ca::service::{IssuePolicy, IssuerService, JsonLinesAudit};
 use ward_lib_identity::{SpiffeId, TrustDomain};
+use ward_lib_policy::TrustConfig;
 
 use crate::ca::ViewDirectory;
 use crate::index::{Event, Index, Kind, MeshSettings, View};
@@ -86,6 +87,16 @@ pub struct Args {
     /// within this), in seconds.
     #[arg(long, default_value_t = 15)]
     pub lease_duration: u64,
+    /// Kubernetes: address of the validating admission webhook (HTTPS).
+    #[arg(long, default_value = "0.0.0.0:15017")]
+    pub webhook: SocketAddr,
+    /// Kubernetes: the Service the API server reaches the webhook through (its DNS names are
+    /// in the webhook's certificate).
+    #[arg(long, default_value = "ward-control")]
+    pub webhook_service: String,
+    /// Kubernetes: the ValidatingWebhookConfiguration whose `caBundle` is kept current.
+    #[arg(long, default_value = "ward-policy-validation")]
+    pub webhook_configuration: String,
 }
 
 /// Runs the control component until SIGTERM / Ctrl-C.
@@ -104,7 +115,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics)
         .await
         .map_err(|e| anyhow::anyhow!("binding --metrics {}: {e}", args.metrics))?;
+    let webhook_listener = if client.is_some() {
+        Some(
+            tokio::net::TcpListener::bind(args.webhook)
+                .await
+                .map_err(|e| anyhow::anyhow!("binding --webhook {}: {e}", args.webhook))?,
+        )
+    } else {
+        None
+    };
     let running = start(args, client).await?;
+    if let (Some(listener), Some(webhook)) = (webhook_listener, running.webhook.clone()) {
+        tracing::info!(listen = ?listener.local_addr().ok(), "serving the admission webhook");
+        tokio::spawn(webhook.serve(listener, std::future::pending()));
+    }
     tokio::spawn(crate::metrics::serve(
         metrics_listener,
         running.metrics.clone(),
@@ -118,6 +142,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 pub struct Running {
     /// Whether this replica holds the Lease (Kubernetes mode).
     pub leader: Option<watch::Receiver<bool>>,
+    /// The admission webhook (Kubernetes mode).
+    pub webhook: Option<Webhook>,
     pub views: watch::Receiver<Arc<View>>,
     pub metrics: Metrics,
     /// Every policy object's state (status, metrics).
@@ -126,6 +152,24 @@ pub struct Running {
     cert: Arc<ward_ca::server::ServingCert>,
     issuer: IssuerService,
     xds: XdsServer,
+}
+
+/// The admission webhook's TLS configuration and validator.
+#[derive(Clone)]
+pub struct Webhook {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub validator: crate::webhook::Validator,
+}
+
+impl Webhook {
+    /// Serves the webhook on `listener` until `shutdown`.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        crate::webhook::serve(listener, self.tls, self.validator, shutdown).await
+    }
 }
 
 impl Running {
@@ -235,8 +279,10 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
         views_tx,
         Some(policies_tx),
     ));
-    let leader = match leader_client {
-        Some(client) => Some(spawn_status_writer(&args, client, policies_rx.clone()).await?),
+    let leader = match &leader_client {
+        Some(client) => {
+            Some(spawn_status_writer(&args, client.clone(), policies_rx.clone()).await?)
+        }
         None => None,
     };
 
@@ -247,7 +293,30 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
         .ok_or_else(|| anyhow::anyhow!("--identity must be namespace/service-account"))?;
     let id = SpiffeId::for_service_account(&td, ns, sa)
         .map_err(|e| anyhow::anyhow!("--identity: {e}"))?;
-    let cert = crate::server::serving_cert(authority.clone(), id.clone(), clock.clone())?;
+    let cert =
+        crate::server::serving_cert(authority.clone(), id.clone(), Vec::new(), clock.clone())?;
+    let webhook = match (&leader_client, &leader) {
+        (Some(client), Some(leader)) => {
+            let names = crate::webhook::dns_names(&args.webhook_service, &args.namespace);
+            let cert =
+                crate::server::serving_cert(authority.clone(), id.clone(), names, clock.clone())?;
+            crate::webhook::spawn_ca_bundle_sync(
+                client.clone(),
+                args.webhook_configuration.clone(),
+                authority.clone(),
+                leader.clone(),
+            );
+            let trust = TrustConfig {
+                trust_domain: td.as_str().to_owned(),
+                aliases: args.trust_domain_alias.clone(),
+            };
+            Some(Webhook {
+                tls: crate::webhook::tls_config(cert)?,
+                validator: crate::webhook::Validator::new(trust, args.istio_policies),
+            })
+        }
+        _ => None,
+    };
     let issuer = IssuerService::with_shared_authority(
         authority,
         authn.clone(),
@@ -262,6 +331,7 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
     let xds = XdsServer::new(views_rx.clone(), authn, metrics.clone());
     Ok(Running {
         leader,
+        webhook,
         views: views_rx,
         metrics,
         policies: policies_rx,

@@ -23,14 +23,22 @@ use crate::xds::XdsServer;
 /// Lifetime of the control component's serving certificate.
 pub const SERVING_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// The serving certificate, renewed at half-life and whenever the signing authority changes.
+/// A serving certificate for `id` (and `dns_names`, for clients that verify by name), renewed
+/// at half-life and whenever the signing authority changes.
 pub fn serving_cert(
     authority: Arc<ArcSwap<Authority>>,
     id: SpiffeId,
+    dns_names: Vec<String>,
     clock: Arc<dyn Clock>,
 ) -> anyhow::Result<Arc<ServingCert>> {
-    let cert = ServingCert::issue(&authority.load(), &id, SERVING_TTL, clock.as_ref())
-        .map_err(|e| anyhow::anyhow!("issuing the control component's certificate: {e}"))?;
+    let cert = ServingCert::issue_with_dns_names(
+        &authority.load(),
+        &id,
+        dns_names,
+        SERVING_TTL,
+        clock.as_ref(),
+    )
+    .map_err(|e| anyhow::anyhow!("issuing the control component's certificate: {e}"))?;
     let renew = cert.clone();
     tokio::spawn(async move {
         let mut signer = authority.load_full();

@@ -185,7 +185,34 @@ pub fn desired_status(s: &PolicyState, current: Option<&PolicyStatus>, now: &str
         Verdict::Accepted { .. } => ("True", "Accepted", "the policy is valid".to_owned()),
         Verdict::Invalid { errors } => ("False", "Invalid", errors.join("\n")),
     };
-    let (enforced, enforced_reason, enforced_message) = match (&s.verdict, &s.enforced) {
+    let (enforced, enforced_reason, enforced_message) = enforcement(s);
+    let condition = |ty: &str, status: &str, reason: &str, message: String| {
+        let since = current
+            .and_then(|c| c.conditions.iter().find(|c| c.r#type == ty))
+            .filter(|c| c.status == status && c.reason == reason)
+            .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
+        PolicyCondition {
+            r#type: ty.into(),
+            status: status.into(),
+            observed_generation: generation,
+            last_transition_time: since,
+            reason: reason.into(),
+            message,
+        }
+    };
+    PolicyStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition("Accepted", accepted, accepted_reason, accepted_message),
+            condition("Enforced", enforced, enforced_reason, enforced_message),
+        ],
+    }
+}
+
+/// The `Enforced` condition of a policy: status, reason and message (also the admission
+/// webhook's warnings).
+pub fn enforcement(s: &PolicyState) -> (&'static str, &'static str, String) {
+    match (&s.verdict, &s.enforced) {
         (_, None) => (
             "False",
             "NotEnforced",
@@ -221,27 +248,6 @@ pub fn desired_status(s: &PolicyState, current: Option<&PolicyStatus>, now: &str
                 _ => ("True", "AsWritten", "enforced as written".to_owned()),
             },
         },
-    };
-    let condition = |ty: &str, status: &str, reason: &str, message: String| {
-        let since = current
-            .and_then(|c| c.conditions.iter().find(|c| c.r#type == ty))
-            .filter(|c| c.status == status && c.reason == reason)
-            .map_or_else(|| now.to_owned(), |c| c.last_transition_time.clone());
-        PolicyCondition {
-            r#type: ty.into(),
-            status: status.into(),
-            observed_generation: generation,
-            last_transition_time: since,
-            reason: reason.into(),
-            message,
-        }
-    };
-    PolicyStatus {
-        observed_generation: generation,
-        conditions: vec![
-            condition("Accepted", accepted, accepted_reason, accepted_message),
-            condition("Enforced", enforced, enforced_reason, enforced_message),
-        ],
     }
 }
 

@@ -4,6 +4,7 @@
 mod root;
 mod status;
 mod watches;
+mod webhook;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
