@@ -1,6 +1,7 @@
 //! The control component against the in-repo fake API server, over real HTTP: kube-rs's own
 //! watchers and clients, the API server's documented semantics.
 
+mod kubectl;
 mod root;
 mod status;
 mod watches;

@@ -13,8 +13,19 @@
 //!   on a replace with a stale resourceVersion; `uid`, `creationTimestamp`, `generation`
 //!   (bumped when anything but metadata and status changes);
 //! - **patch**: JSON merge patch, strategic merge (as a merge patch) and server-side apply
-//!   (`application/apply-patch+yaml`, a field manager required, recorded in `managedFields`);
-//!   the `status` subresource is written only through `/status`;
+//!   (`application/apply-patch+yaml`, a field manager required): field ownership in
+//!   `managedFields` (leaf fields; a list is one field), `409 Conflict` when applying a field
+//!   another manager owns with another value unless `force=true`, which takes it over; updates
+//!   take the fields they change; a removed field is owned by nobody; the `status` subresource
+//!   is written only through `/status`;
+//! - **dryRun=All** on every write: computed, answered, not stored;
+//! - **validating admission**: writes matching a ValidatingWebhookConfiguration's rules are sent
+//!   as AdmissionReview v1 to its Service (routed by [`FakeApiServer::route_service`]) over TLS,
+//!   verified against `caBundle` by the name `NAME.NAMESPACE.svc`; denials and call failures
+//!   (`failurePolicy`) are answered as the API server words them, warnings as `Warning`
+//!   headers;
+//! - **discovery** (`/version`, `/api`, `/apis`, resource lists) and enough OpenAPI v3 for
+//!   kubectl to run against it (it leaves field validation to the server);
 //! - **TokenReview**: tokens registered by the test, with audiences, expiry and the pod-bound
 //!   node claim, answered as the API server would (unknown, expired and wrong-audience tokens
 //!   are not authenticated).
@@ -22,8 +33,8 @@
 //! Test controls: [`FakeApiServer::drop_watches`] cuts every open watch (as a lost connection
 //! would), [`FakeApiServer::compact`] forgets history (so resuming watches get `410 Gone`).
 //! Simplifications, stated: one resourceVersion counter for all kinds (as etcd has), no
-//! authentication of the caller, server-side apply merges the applied fields instead of tracking
-//! field ownership per field.
+//! authentication of the caller, lists are atomic for server-side apply, no schema
+//! validation, no mutating admission, no namespace lifecycle.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -197,6 +208,8 @@ struct State {
     rendezvous: Option<(String, Arc<tokio::sync::Barrier>)>,
     /// Paginated lists in progress: continue token → (list resourceVersion, remaining items).
     pages: HashMap<String, (u64, Vec<Value>)>,
+    /// Where admission webhooks' Services (`namespace/name`) are reached.
+    services: HashMap<String, SocketAddr>,
     /// `(METHOD path prefix, count)`: the next `count` matching requests fail with
     /// `500 InternalError` (an API server having a bad moment).
     failing: Option<(String, usize)>,
@@ -300,6 +313,7 @@ impl FakeApiServer {
                 Some(&old),
                 object,
                 WriteMode::Everything,
+                false,
             ),
             None => write(
                 &mut st,
@@ -309,6 +323,7 @@ impl FakeApiServer {
                 None,
                 object,
                 WriteMode::Create,
+                false,
             ),
         }
     }
@@ -391,6 +406,14 @@ impl FakeApiServer {
         self.lock().rendezvous = Some((prefix.to_owned(), Arc::new(tokio::sync::Barrier::new(n))));
     }
 
+    /// Routes the Service `namespace/name` named by webhook configurations to `addr` (the
+    /// server calls the webhook there, verifying `NAME.NAMESPACE.svc` against `caBundle`).
+    pub fn route_service(&self, namespace: &str, name: &str, addr: SocketAddr) {
+        self.lock()
+            .services
+            .insert(format!("{namespace}/{name}"), addr);
+    }
+
     /// The next `n` requests starting with `prefix` (`METHOD /path`) fail with `500`.
     pub fn fail_next(&self, prefix: &str, n: usize) {
         self.lock().failing = Some((prefix.to_owned(), n));
@@ -453,6 +476,268 @@ fn status(code: u16, reason: &str, message: String) -> Response<Body> {
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": message, "reason": reason, "code": code}),
     )
+}
+
+/// One webhook of a ValidatingWebhookConfiguration (service references only).
+struct Webhook {
+    name: String,
+    rules: Vec<Value>,
+    /// Where the Service is reached (`route_service`); `None`: unreachable.
+    addr: Option<SocketAddr>,
+    /// `NAME.NAMESPACE.svc`, the name the certificate must carry.
+    host: String,
+    port: u64,
+    path: String,
+    /// Base64 PEM, as in the object.
+    ca_bundle: String,
+    /// `failurePolicy: Fail` (the default).
+    fail: bool,
+    timeout: Duration,
+}
+
+impl Webhook {
+    fn rule_matches(rule: &Value, kind: &Kind, operation: Option<&str>) -> bool {
+        let has = |field: &str, v: &str| {
+            rule[field]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == "*" || x == v))
+        };
+        has("apiGroups", kind.group)
+            && has("apiVersions", kind.version)
+            && has("resources", kind.plural)
+            && operation.is_none_or(|op| has("operations", op))
+    }
+
+    fn names(&self, kind: &Kind) -> bool {
+        self.rules.iter().any(|r| Self::rule_matches(r, kind, None))
+    }
+
+    fn matches(&self, kind: &Kind, operation: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| Self::rule_matches(r, kind, Some(operation)))
+    }
+}
+
+/// POSTs `review` to `hook` over TLS (trusting its `caBundle` only, verifying its Service's DNS
+/// name); the review's `response`.
+async fn call_webhook(hook: &Webhook, review: &Value) -> Result<Value, String> {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    let url = format!(
+        "https://{}:{}{}?timeout={}s",
+        hook.host,
+        hook.port,
+        hook.path,
+        hook.timeout.as_secs()
+    );
+    let fail = |e: String| format!("Post \"{url}\": {e}");
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(&hook.ca_bundle)
+        .map_err(|e| fail(format!("caBundle: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(&pem) {
+        let c = c.map_err(|e| fail(format!("caBundle: {e}")))?;
+        roots.add(c).map_err(|e| fail(format!("caBundle: {e}")))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| fail(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let addr = hook
+        .addr
+        .ok_or_else(|| fail(format!("dial tcp: lookup {}: no such host", hook.host)))?;
+    let call = async {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| fail(format!("dial tcp {addr}: {e}")))?;
+        let name = rustls_pki_types::ServerName::try_from(hook.host.clone())
+            .map_err(|e| fail(e.to_string()))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| fail(format!("tls: failed to verify certificate: {e}")))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        tokio::spawn(conn);
+        let req = Request::post(format!("{}?timeout={}s", hook.path, hook.timeout.as_secs()))
+            .header(http::header::HOST, hook.host.as_str())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(review.to_string())))
+            .map_err(|e| fail(e.to_string()))?;
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        let code = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| fail(e.to_string()))?
+            .to_bytes();
+        if !code.is_success() {
+            return Err(fail(format!(
+                "the server responded {code}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| fail(format!("decoding the response: {e}")))?;
+        Ok(v["response"].clone())
+    };
+    tokio::time::timeout(hook.timeout, call)
+        .await
+        .map_err(|_| fail("context deadline exceeded".into()))?
+}
+
+/// A webhook's denial as the API server returns it: the webhook's status, at least 400,
+/// its message prefixed with which webhook denied.
+fn denied(webhook: &str, result: &Value) -> Response<Body> {
+    let mut status = result.clone();
+    if !status.is_object() {
+        status = json!({});
+    }
+    let code = status["code"].as_u64().filter(|c| *c >= 400).unwrap_or(400);
+    let denied_by = format!("admission webhook \"{webhook}\" denied the request");
+    let message = match (status["message"].as_str(), status["reason"].as_str()) {
+        (Some(m), _) if !m.is_empty() => format!("{denied_by}: {m}"),
+        (_, Some(r)) if !r.is_empty() => format!("{denied_by}: {r}"),
+        _ => format!("{denied_by} without explanation"),
+    };
+    status["kind"] = json!("Status");
+    status["apiVersion"] = json!("v1");
+    status["metadata"] = json!({});
+    status["status"] = json!("Failure");
+    status["code"] = json!(code);
+    status["message"] = json!(message);
+    full(
+        StatusCode::from_u16(code as u16).unwrap_or(StatusCode::BAD_REQUEST),
+        &status,
+    )
+}
+
+/// Discovery documents (`/version`, `/api`, `/apis`, `/api/v1`, `/apis/GROUP/VERSION`), as
+/// kubectl reads them (the legacy, unaggregated form: clients fall back to it).
+fn discovery(path: &str) -> Option<Value> {
+    let resources = |group: &str, version: &str| {
+        let mut list = Vec::new();
+        for k in KINDS
+            .iter()
+            .filter(|k| k.group == group && k.version == version)
+        {
+            let verbs = if k.kind == "TokenReview" {
+                json!(["create"])
+            } else {
+                json!(["create", "delete", "get", "list", "patch", "update", "watch"])
+            };
+            list.push(
+                json!({"name": k.plural, "singularName": k.kind.to_lowercase(),
+                "namespaced": k.namespaced, "kind": k.kind, "verbs": verbs}),
+            );
+            if k.status_subresource {
+                list.push(json!({"name": format!("{}/status", k.plural), "singularName": "",
+                    "namespaced": k.namespaced, "kind": k.kind, "verbs": ["get", "patch", "update"]}));
+            }
+        }
+        let gv = if group.is_empty() {
+            version.to_owned()
+        } else {
+            format!("{group}/{version}")
+        };
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list})
+    };
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match segs.as_slice() {
+        ["version"] => Some(
+            json!({"major": "1", "minor": "35", "gitVersion": "v1.35.0-ward-fake",
+            "platform": "linux/amd64"}),
+        ),
+        ["api"] => Some(json!({"kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}]})),
+        ["api", "v1"] => Some(resources("", "v1")),
+        // OpenAPI v3: enough for kubectl to see that writes take `fieldValidation`, so it
+        // leaves validation to the server instead of downloading schemas.
+        ["openapi", "v3"] => {
+            let mut paths = serde_json::Map::new();
+            for k in KINDS {
+                let gv = if k.group.is_empty() {
+                    format!("api/{}", k.version)
+                } else {
+                    format!("apis/{}/{}", k.group, k.version)
+                };
+                paths.insert(
+                    gv.clone(),
+                    json!({"serverRelativeURL": format!("/openapi/v3/{gv}?hash=0")}),
+                );
+            }
+            Some(json!({"paths": paths}))
+        }
+        ["openapi", "v3", rest @ ..] => {
+            let (group, version) = match rest {
+                ["api", v] => ("", *v),
+                ["apis", g, v] => (*g, *v),
+                _ => return None,
+            };
+            let mut paths = serde_json::Map::new();
+            for k in KINDS
+                .iter()
+                .filter(|k| k.group == group && k.version == version)
+            {
+                let prefix = if group.is_empty() {
+                    format!("/api/{version}")
+                } else {
+                    format!("/apis/{group}/{version}")
+                };
+                let collection = if k.namespaced {
+                    format!("{prefix}/namespaces/{{namespace}}/{}", k.plural)
+                } else {
+                    format!("{prefix}/{}", k.plural)
+                };
+                let gvk = json!({"group": group, "version": version, "kind": k.kind});
+                let params = json!([{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+                                    {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+                                    {"name": "dryRun", "in": "query", "schema": {"type": "string"}}]);
+                let op = json!({"x-kubernetes-group-version-kind": gvk, "parameters": params,
+                                "responses": {"200": {"description": "OK"}}});
+                paths.insert(collection.clone(), json!({"post": op}));
+                paths.insert(
+                    format!("{collection}/{{name}}"),
+                    json!({"put": op, "patch": op, "get": op, "delete": op}),
+                );
+            }
+            Some(
+                json!({"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.35.0"},
+                        "paths": paths, "components": {"schemas": {}}}),
+            )
+        }
+        ["apis"] => {
+            let mut groups: Vec<(&str, &str)> = KINDS
+                .iter()
+                .filter(|k| !k.group.is_empty())
+                .map(|k| (k.group, k.version))
+                .collect();
+            groups.dedup();
+            groups.sort();
+            groups.dedup();
+            let groups: Vec<Value> = groups
+                .into_iter()
+                .map(|(g, v)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv], "preferredVersion": gv})
+                })
+                .collect();
+            Some(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}))
+        }
+        ["apis", g, v] if KINDS.iter().any(|k| k.group == *g && k.version == *v) => {
+            Some(resources(g, v))
+        }
+        _ => None,
+    }
 }
 
 /// A parsed request path.
@@ -531,6 +816,10 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+fn dry_run(q: &HashMap<String, String>) -> bool {
+    q.get("dryRun").is_some_and(|v| v == "All")
+}
+
 /// Label (`k=v,k2=v2`, `k!=v`, `k`) and field (`metadata.name=`, `metadata.namespace=`)
 /// selectors.
 #[derive(Default, Clone)]
@@ -607,6 +896,7 @@ enum WriteMode {
 
 /// Stores a new version of an object (bumping the resourceVersion, keeping server-owned
 /// metadata) and records the change.
+#[allow(clippy::too_many_arguments)] // reason: one private function, every argument distinct
 fn write(
     st: &mut State,
     events: &broadcast::Sender<Change>,
@@ -615,9 +905,14 @@ fn write(
     old: Option<&Value>,
     mut object: Value,
     mode: WriteMode,
+    dry_run: bool,
 ) -> Value {
     st.rv += 1;
     let rv = st.rv;
+    if dry_run {
+        // Everything a write computes, nothing stored (`dryRun=All`).
+        st.rv -= 1;
+    }
     if !object["metadata"].is_object() {
         object["metadata"] = json!({});
     }
@@ -672,6 +967,9 @@ fn write(
         }
     }
     object["metadata"]["resourceVersion"] = json!(rv.to_string());
+    if dry_run {
+        return object;
+    }
     let event = if old.is_some() { "MODIFIED" } else { "ADDED" };
     st.objects.insert(key, object.clone());
     let change = Change {
@@ -918,6 +1216,11 @@ impl Server {
             Ok(b) => b.to_bytes(),
             Err(e) => return status(400, "BadRequest", format!("reading the body: {e}")),
         };
+        if method == Method::GET {
+            if let Some(d) = discovery(uri.path()) {
+                return full(StatusCode::OK, &d);
+            }
+        }
         let Some(t) = parse_path(uri.path()) else {
             return status(
                 404,
@@ -958,15 +1261,27 @@ impl Server {
             }
             (Method::POST, None) => match parse_body() {
                 Ok(o) if t.kind.kind == "TokenReview" => self.token_review(o),
-                Ok(o) => self.create(&t, o, &q),
+                Ok(o) => {
+                    let name = o["metadata"]["name"].as_str().unwrap_or("").to_owned();
+                    self.admitted(&t, &name, &q, |q| self.create(&t, o.clone(), q))
+                        .await
+                }
                 Err(r) => r,
             },
             (Method::PUT, Some(name)) => match parse_body() {
-                Ok(o) => self.replace(&t, name, o, &q),
+                Ok(o) => {
+                    self.admitted(&t, name, &q, |q| self.replace(&t, name, o.clone(), q))
+                        .await
+                }
                 Err(r) => r,
             },
             (Method::PATCH, Some(name)) => match parse_body() {
-                Ok(p) => self.patch(&t, name, &content_type, &q, p),
+                Ok(p) => {
+                    self.admitted(&t, name, &q, |q| {
+                        self.patch(&t, name, &content_type, q, p.clone())
+                    })
+                    .await
+                }
                 Err(r) => r,
             },
             (Method::DELETE, Some(name)) => {
@@ -990,6 +1305,137 @@ impl Server {
     }
 
     /// Answers a TokenReview as the API server does for service-account tokens.
+    /// Runs a write through validating admission, as the API server does: the write is
+    /// computed first (`dryRun=All`), the result is sent to every matching webhook of every
+    /// ValidatingWebhookConfiguration, and only if all allow it is the write made for real.
+    /// Denials come back as the API server words them; warnings as `Warning` headers;
+    /// a webhook that cannot be called fails the write under `failurePolicy: Fail`.
+    async fn admitted(
+        &self,
+        t: &Target,
+        name: &str,
+        q: &HashMap<String, String>,
+        run: impl Fn(&HashMap<String, String>) -> Response<Body>,
+    ) -> Response<Body> {
+        let hooks = if t.subresource.is_some() {
+            Vec::new()
+        } else {
+            self.webhooks(t.kind)
+        };
+        if hooks.is_empty() {
+            return run(q);
+        }
+        let mut dry = q.clone();
+        dry.insert("dryRun".into(), "All".into());
+        let probe = run(&dry);
+        if !probe.status().is_success() {
+            return probe;
+        }
+        let object: Value = match probe.into_body().collect().await {
+            Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let key = (
+            t.kind.id(),
+            t.namespace.clone().unwrap_or_default(),
+            name.to_owned(),
+        );
+        let old = self.lock().objects.get(&key).cloned();
+        let operation = if old.is_some() { "UPDATE" } else { "CREATE" };
+        let mut warnings = Vec::new();
+        for hook in hooks.iter().filter(|h| h.matches(t.kind, operation)) {
+            let review = json!({
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "request": {
+                    "uid": format!("admission-{}", object["metadata"]["resourceVersion"].as_str().unwrap_or("0")),
+                    "kind": {"group": t.kind.group, "version": t.kind.version, "kind": t.kind.kind},
+                    "resource": {"group": t.kind.group, "version": t.kind.version, "resource": t.kind.plural},
+                    "requestKind": {"group": t.kind.group, "version": t.kind.version, "kind": t.kind.kind},
+                    "requestResource": {"group": t.kind.group, "version": t.kind.version, "resource": t.kind.plural},
+                    "name": name,
+                    "namespace": t.namespace,
+                    "operation": operation,
+                    "userInfo": {"username": "fake-admin", "groups": ["system:masters", "system:authenticated"]},
+                    "object": object,
+                    "oldObject": old,
+                    "dryRun": dry_run(q),
+                    "options": {"apiVersion": "meta.k8s.io/v1",
+                                "kind": if operation == "CREATE" { "CreateOptions" } else { "UpdateOptions" }},
+                }
+            });
+            let uid = review["request"]["uid"].clone();
+            match call_webhook(hook, &review).await {
+                Ok(r) if r["uid"] != uid => {
+                    return status(500, "InternalError", format!(
+                        "Internal error occurred: failed calling webhook \"{}\": expected response.uid={uid}, got {}", hook.name, r["uid"]));
+                }
+                Ok(r) if r["allowed"] == true => {
+                    warnings.extend(
+                        r["warnings"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .map(str::to_owned),
+                    );
+                }
+                Ok(r) => return denied(&hook.name, &r["status"]),
+                Err(e) if hook.fail => {
+                    return status(500, "InternalError", format!(
+                        "Internal error occurred: failed calling webhook \"{}\": failed to call webhook: {e}", hook.name));
+                }
+                Err(_) => {}
+            }
+        }
+        let mut resp = run(q);
+        for w in warnings {
+            let text = w.replace('\\', "\\\\").replace('"', "\\\"");
+            if let Ok(v) = http::HeaderValue::from_str(&format!("299 - \"{text}\"")) {
+                resp.headers_mut().append(http::header::WARNING, v);
+            }
+        }
+        resp
+    }
+
+    /// Every webhook of every ValidatingWebhookConfiguration that names `kind` at all.
+    fn webhooks(&self, kind: &Kind) -> Vec<Webhook> {
+        let st = self.lock();
+        st.objects
+            .iter()
+            .filter(|((k, _, _), _)| {
+                *k == (
+                    "admissionregistration.k8s.io",
+                    "validatingwebhookconfigurations",
+                )
+            })
+            .flat_map(|(_, o)| o["webhooks"].as_array().cloned().unwrap_or_default())
+            .filter_map(|w| {
+                let svc = &w["clientConfig"]["service"];
+                let service = format!("{}/{}", svc["namespace"].as_str()?, svc["name"].as_str()?);
+                let hook = Webhook {
+                    name: w["name"].as_str().unwrap_or("").to_owned(),
+                    rules: w["rules"].as_array().cloned().unwrap_or_default(),
+                    addr: st.services.get(&service).copied(),
+                    host: format!(
+                        "{}.{}.svc",
+                        svc["name"].as_str()?,
+                        svc["namespace"].as_str()?
+                    ),
+                    port: svc["port"].as_u64().unwrap_or(443),
+                    path: svc["path"].as_str().unwrap_or("/").to_owned(),
+                    ca_bundle: w["clientConfig"]["caBundle"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_owned(),
+                    fail: w["failurePolicy"].as_str() != Some("Ignore"),
+                    timeout: Duration::from_secs(w["timeoutSeconds"].as_u64().unwrap_or(10)),
+                };
+                hook.names(kind).then_some(hook)
+            })
+            .collect()
+    }
+
     fn token_review(&self, mut review: Value) -> Response<Body> {
         let token = review["spec"]["token"].as_str().unwrap_or("").to_owned();
         let wanted: Vec<String> = review["spec"]["audiences"]
@@ -1124,6 +1570,7 @@ impl Server {
             None,
             o,
             WriteMode::Create,
+            dry_run(q),
         );
         full(StatusCode::CREATED, &stored)
     }
@@ -1170,7 +1617,16 @@ impl Server {
             ""
         };
         record_update(&mut o, &old, &written, &manager, sub, &t.kind.api_version());
-        let stored = write(&mut st, &self.events, t.kind, key, Some(&old), o, mode);
+        let stored = write(
+            &mut st,
+            &self.events,
+            t.kind,
+            key,
+            Some(&old),
+            o,
+            mode,
+            dry_run(q),
+        );
         full(StatusCode::OK, &stored)
     }
 
@@ -1310,7 +1766,16 @@ impl Server {
         } else {
             WriteMode::Create
         };
-        let stored = write(&mut st, &self.events, t.kind, key, old.as_ref(), next, mode);
+        let stored = write(
+            &mut st,
+            &self.events,
+            t.kind,
+            key,
+            old.as_ref(),
+            next,
+            mode,
+            dry_run(q),
+        );
         full(StatusCode::OK, &stored)
     }
 
