@@ -142,17 +142,21 @@ pub async fn serve(
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let body = if req.uri().path() == "/metrics" {
-                        Some(metrics.render(&views.borrow(), &policies.borrow()))
+                        let accept = req
+                            .headers()
+                            .get(http::header::ACCEPT)
+                            .and_then(|v| v.to_str().ok());
+                        Some(ward_lib_api::exposition::negotiate(
+                            metrics.render(&views.borrow(), &policies.borrow()),
+                            accept,
+                        ))
                     } else {
                         None
                     };
                     async move {
                         let resp = match body {
-                            Some(b) => http::Response::builder()
-                                .header(
-                                    "content-type",
-                                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                                )
+                            Some((b, content_type)) => http::Response::builder()
+                                .header("content-type", content_type)
                                 .body(http_body_util::Full::new(bytes::Bytes::from(b))),
                             None => http::Response::builder().status(404).body(
                                 http_body_util::Full::new(bytes::Bytes::from_static(

@@ -1,6 +1,6 @@
-//! Admin (loopback, 15000) and readiness (15021) endpoints.
+//! Admin (loopback, 15000), metrics (15020) and readiness (15021) endpoints.
 //!
-//! Admin: `/config_dump` (version, node, local workloads, certificates, live connections),
+//! Metrics: `/metrics` (OpenMetrics; also on the admin port). Admin: `/config_dump` (version, node, local workloads, certificates, live connections),
 //! `/connections` (live inbound connections with the peer identity each was authorized for),
 //! `/certs`, `/healthz/ready`. Readiness serves only `/healthz/ready`: 200 once the proxy has a
 //! configuration that declares this node and certificates for all its workloads, else 503.
@@ -25,10 +25,21 @@ pub fn is_ready(ctx: &Ctx) -> bool {
     ctx.state.snapshot().is_some() && *ctx.certs.ready().borrow()
 }
 
+/// Which endpoints a port serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Everything (loopback only).
+    Admin,
+    /// `/healthz/ready` only.
+    Readiness,
+    /// `/metrics` only.
+    Metrics,
+}
+
 pub async fn serve(
     ctx: Arc<Ctx>,
     listener: TcpListener,
-    full: bool,
+    port: Port,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
@@ -40,7 +51,14 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
                 let ctx = ctx.clone();
-                async move { Ok::<_, Infallible>(route(&ctx, req.uri().path(), full)) }
+                let accept = req
+                    .headers()
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                async move {
+                    Ok::<_, Infallible>(route(&ctx, req.uri().path(), port, accept.as_deref()))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tcp), svc)
@@ -59,9 +77,15 @@ fn reply(code: u16, body: String, content_type: &str) -> http::Response<Full<Byt
     r
 }
 
-fn route(ctx: &Ctx, path: &str, full: bool) -> http::Response<Full<Bytes>> {
+fn route(ctx: &Ctx, path: &str, port: Port, accept: Option<&str>) -> http::Response<Full<Bytes>> {
+    let full = port == Port::Admin;
     match (path, full) {
-        ("/healthz/ready", _) => {
+        ("/metrics", _) if port != Port::Readiness => {
+            let (body, content_type) =
+                ward_lib_api::exposition::negotiate(ctx.metrics.render(ctx), accept);
+            reply(200, body, content_type)
+        }
+        ("/healthz/ready", _) if port != Port::Metrics => {
             if is_ready(ctx) {
                 reply(200, "ready\n".into(), "text/plain")
             } else {

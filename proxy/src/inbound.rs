@@ -48,10 +48,13 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             let reason = tls::handshake_reason(&e);
+            ctx.metrics
+                .tls_failure("inbound", tls::handshake_reason_code(&e));
             tracing::info!(peer = %peer_addr, %reason, "HBONE handshake refused");
             return;
         }
         Err(_) => {
+            ctx.metrics.tls_failure("inbound", "timeout");
             tracing::info!(peer = %peer_addr, "HBONE handshake timed out");
             return;
         }
@@ -122,18 +125,33 @@ pub(crate) async fn connect_stream(
     let mut rec = Record::new("inbound", peer_addr.ip().to_string(), String::new());
     rec.src_identity = Some(client_id.to_string());
     rec.dst_identity = Some(server_id.to_string());
-    let refuse = |ctx: &Ctx, mut rec: Record, respond, code: StatusCode, reason: String| {
+    // `why` is the bounded reason of the failure metric; `reason` the access log's own words.
+    let refuse = |ctx: &Ctx,
+                  mut rec: Record,
+                  respond,
+                  code: StatusCode,
+                  why: &'static str,
+                  reason: String| {
+        ctx.metrics.tunnel_failure("inbound", why);
         rec.reason = reason;
         ctx.log.log(rec);
         hbone::respond(respond, code);
     };
     if ctx.draining.load(std::sync::atomic::Ordering::Relaxed) {
         let reason = "proxy is draining".into();
-        return refuse(&ctx, rec, respond, StatusCode::SERVICE_UNAVAILABLE, reason);
+        let code = StatusCode::SERVICE_UNAVAILABLE;
+        return refuse(&ctx, rec, respond, code, "draining", reason);
     }
     if req.method() != http::Method::CONNECT {
         let reason = format!("method {} is not CONNECT", req.method());
-        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
+        return refuse(
+            &ctx,
+            rec,
+            respond,
+            StatusCode::BAD_REQUEST,
+            "not_connect",
+            reason,
+        );
     }
     let Some(target) = req
         .uri()
@@ -141,16 +159,25 @@ pub(crate) async fn connect_stream(
         .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
     else {
         let reason = format!("authority {:?} is not ip:port", req.uri().to_string());
-        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
+        return refuse(
+            &ctx,
+            rec,
+            respond,
+            StatusCode::BAD_REQUEST,
+            "bad_authority",
+            reason,
+        );
     };
     rec.dst = target.to_string();
     let Some(snap) = ctx.state.snapshot() else {
         let reason = "no configuration yet".into();
-        return refuse(&ctx, rec, respond, StatusCode::SERVICE_UNAVAILABLE, reason);
+        let code = StatusCode::SERVICE_UNAVAILABLE;
+        return refuse(&ctx, rec, respond, code, "no_configuration", reason);
     };
     let Some(w) = local_workload(&snap, &ctx.state.node, target.ip()) else {
         let reason = format!("{} is not a workload on this node", target.ip());
-        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
+        let code = StatusCode::BAD_REQUEST;
+        return refuse(&ctx, rec, respond, code, "unknown_destination", reason);
     };
     rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
     if w.identity != *server_id {
@@ -159,11 +186,21 @@ pub(crate) async fn connect_stream(
             target.ip(),
             w.identity
         );
-        return refuse(&ctx, rec, respond, StatusCode::BAD_REQUEST, reason);
+        let code = StatusCode::BAD_REQUEST;
+        return refuse(&ctx, rec, respond, code, "identity_mismatch", reason);
     }
     let source_ip = forwarded_for(&req, &snap, &client_id).unwrap_or(peer_addr.ip());
     rec.src = source_ip.to_string();
     let recv = req.into_body();
+    let labels = Box::new(crate::metrics::ConnLabels::new(
+        crate::metrics::DESTINATION,
+        &snap,
+        source_ip,
+        Some(client_id.to_string()),
+        Some(w),
+        None,
+        crate::metrics::MUTUAL_TLS,
+    ));
     if w.is_http_port(target.port()) {
         // HTTP port: every request is authorized (and forwarded) by the L7 layer. Boxed: its
         // state is large and lives on the heap, keeping this future small.
@@ -178,11 +215,14 @@ pub(crate) async fn connect_stream(
             source_ip,
             target,
             workload: w.clone(),
+            labels: *labels,
         };
         return Box::pin(serve_l7(ctx, io, caller, rec, started)).await;
     }
     let attrs = Attributes::tcp(Some(&peer), source_ip, target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
+    ctx.metrics
+        .decision(crate::metrics::DESTINATION, w, &decision);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();
     if !decision.allowed {
@@ -194,7 +234,8 @@ pub(crate) async fn connect_stream(
         Ok(s) => s,
         Err(e) => {
             let reason = format!("connecting to {target}: {e}");
-            return refuse(&ctx, rec, respond, StatusCode::SERVICE_UNAVAILABLE, reason);
+            let code = StatusCode::SERVICE_UNAVAILABLE;
+            return refuse(&ctx, rec, respond, code, "upstream_connect", reason);
         }
     };
     let Some(send) = hbone::respond(respond, StatusCode::OK) else {
@@ -209,6 +250,7 @@ pub(crate) async fn connect_stream(
     let (_registration, cancel) =
         ctx.conns
             .register(Some((*peer).clone()), source_ip, target, false);
+    ctx.metrics.opened(&labels);
     // Boxed: the relay is the long-lived part; the set-up state above is not kept alongside.
     let out = Box::pin(relay::splice_tunnel(
         &ctx,
@@ -220,6 +262,8 @@ pub(crate) async fn connect_stream(
     // The socket is `a` here: a → b is what the workload sent back to the caller.
     rec.bytes_sent = out.a_to_b;
     rec.bytes_received = out.b_to_a;
+    ctx.metrics
+        .closed(&labels, rec.bytes_sent, rec.bytes_received);
     if out.ended_by != "closed" {
         rec.reason = format!("{}; closed: {}", rec.reason, out.ended_by);
     }
@@ -239,7 +283,11 @@ async fn serve_l7(
     let (_registration, _cancel) =
         ctx.conns
             .register(caller.peer.clone(), caller.source_ip, caller.target, true);
+    let labels = caller.labels.clone();
+    ctx.metrics.opened(&labels);
     crate::l7::serve(ctx.clone(), io, caller).await;
+    // Bytes of HTTP connections are not counted yet (requests are, by response code).
+    ctx.metrics.closed(&labels, 0, 0);
     rec.duration_ms = started.elapsed().as_millis() as u64;
     ctx.log.log(rec);
 }
@@ -303,9 +351,19 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
     rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
     if w.mtls == MtlsMode::Strict {
         rec.reason = "plaintext refused: peer authentication is STRICT".into();
+        ctx.metrics.strict_refusal(crate::metrics::DESTINATION, w);
         ctx.log.log(rec);
         return;
     }
+    let labels = Box::new(crate::metrics::ConnLabels::new(
+        crate::metrics::DESTINATION,
+        &snap,
+        peer.ip(),
+        None,
+        Some(w),
+        None,
+        crate::metrics::NONE,
+    ));
     if w.is_http_port(target.port()) {
         rec.decision = "allow";
         rec.reason = "HTTP port: requests authorized individually".into();
@@ -315,15 +373,20 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
             source_ip: peer.ip(),
             target,
             workload: w.clone(),
+            labels: (*labels).clone(),
         };
+        ctx.metrics.opened(&labels);
         // Boxed: the HTTP server state lives on the heap, keeping this future small.
         Box::pin(crate::l7::serve(ctx.clone(), tcp, caller)).await;
+        ctx.metrics.closed(&labels, 0, 0);
         rec.duration_ms = started.elapsed().as_millis() as u64;
         ctx.log.log(rec);
         return;
     }
     let attrs = Attributes::tcp(None, peer.ip(), target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
+    ctx.metrics
+        .decision(crate::metrics::DESTINATION, w, &decision);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();
     if !decision.allowed {
@@ -340,9 +403,12 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
     };
     rec.decision = "allow";
     let (_registration, cancel) = ctx.conns.register(None, peer.ip(), target, false);
+    ctx.metrics.opened(&labels);
     let out = relay::splice(&ctx, tcp, upstream, Some(cancel)).await;
     rec.bytes_received = out.a_to_b;
     rec.bytes_sent = out.b_to_a;
+    ctx.metrics
+        .closed(&labels, rec.bytes_sent, rec.bytes_received);
     rec.duration_ms = started.elapsed().as_millis() as u64;
     ctx.log.log(rec);
 }

@@ -124,6 +124,8 @@ pub struct Caller {
     pub source_ip: IpAddr,
     pub target: SocketAddr,
     pub workload: Arc<Workload>,
+    /// The connection's metric labels (requests are counted under them).
+    pub labels: crate::metrics::ConnLabels,
 }
 
 /// Serves HTTP on `io` (the client side of a tunnel or plaintext connection) until it closes.
@@ -225,6 +227,8 @@ async fn handle(
         rec.duration_ms = started.elapsed().as_millis() as u64;
         rec.reason = format!("{} -> {}", rec.reason, resp.status().as_u16());
         ctx.l7.count(resp.status().as_u16(), started.elapsed());
+        ctx.metrics
+            .request(&caller.labels, resp.status().as_u16(), started.elapsed());
         ctx.log.log(rec);
         resp
     };
@@ -283,6 +287,8 @@ async fn handle(
         time: jiff::Timestamp::now(),
     };
     let decision = caller.workload.policies.evaluate(&attrs);
+    ctx.metrics
+        .decision(crate::metrics::DESTINATION, &caller.workload, &decision);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     if !decision.allowed {
         rec.reason = format!("{}: {decision}", rec.reason);

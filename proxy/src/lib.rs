@@ -7,7 +7,7 @@
 //! Around it: [`state`] (atomically swapped configuration), [`certs`] (workload certificates
 //! from the CA), [`tls`] (which certificate, which peer), [`conns`] (live connections,
 //! re-authorized on policy change), [`redirect`] (nftables interception), [`admin`]
-//! (15000/15021), [`accesslog`].
+//! (15000/15020/15021), [`metrics`], [`accesslog`].
 //!
 //! Never: trust an identity not proven by a handshake, forward before configuration and
 //! certificates exist, or block the data path on logging.
@@ -21,6 +21,7 @@ pub mod control;
 pub mod hbone;
 pub mod inbound;
 pub mod l7;
+pub mod metrics;
 pub mod outbound;
 pub mod pool;
 pub mod redirect;
@@ -63,6 +64,8 @@ pub struct Config {
     pub inbound_plaintext: SocketAddr,
     pub hbone: SocketAddr,
     pub admin: SocketAddr,
+    /// `/metrics` (Prometheus scrapes it; Istio's merged-metrics port).
+    pub metrics: SocketAddr,
     pub readiness: SocketAddr,
     pub drain_timeout: Duration,
     /// Let paths with `%2F`, `%5C`, `\` or `;` through L7 ports instead of answering 400.
@@ -78,6 +81,7 @@ pub struct Ctx {
     pub pool: Arc<pool::Pool>,
     pub conns: Arc<conns::Registry>,
     pub log: accesslog::AccessLog,
+    pub metrics: metrics::Metrics,
     /// Relays in progress (drain waits for zero).
     pub active: AtomicUsize,
     /// The HBONE TLS acceptor and the trust domain it was built for.
@@ -134,6 +138,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         pool,
         conns: Arc::new(conns::Registry::default()),
         log: accesslog::AccessLog::start(),
+        metrics: metrics::Metrics::new(),
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
         l7: l7::L7::new(cfg.allow_ambiguous_paths),
@@ -147,6 +152,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let hbone = admin::bind(cfg.hbone, "HBONE").await?;
     let admin_l = admin::bind(cfg.admin, "admin").await?;
     let ready_l = admin::bind(cfg.readiness, "readiness").await?;
+    let metrics_l = admin::bind(cfg.metrics, "metrics").await?;
     tokio::spawn(outbound::serve(ctx.clone(), outbound, stop.clone()));
     tokio::spawn(inbound::serve_plaintext(
         ctx.clone(),
@@ -154,8 +160,24 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         stop.clone(),
     ));
     tokio::spawn(inbound::serve_hbone(ctx.clone(), hbone, stop.clone()));
-    tokio::spawn(admin::serve(ctx.clone(), admin_l, true, stop.clone()));
-    tokio::spawn(admin::serve(ctx.clone(), ready_l, false, stop.clone()));
+    tokio::spawn(admin::serve(
+        ctx.clone(),
+        admin_l,
+        admin::Port::Admin,
+        stop.clone(),
+    ));
+    tokio::spawn(admin::serve(
+        ctx.clone(),
+        ready_l,
+        admin::Port::Readiness,
+        stop.clone(),
+    ));
+    tokio::spawn(admin::serve(
+        ctx.clone(),
+        metrics_l,
+        admin::Port::Metrics,
+        stop.clone(),
+    ));
     tokio::spawn(on_config_change(ctx.clone(), cfg.clone()));
     let sweeper = ctx.clone();
     tokio::spawn(async move {

@@ -70,6 +70,9 @@ struct Args {
     /// Readiness endpoint.
     #[arg(long, default_value = "0.0.0.0:15021")]
     readiness: SocketAddr,
+    /// Metrics endpoint (`/metrics`, OpenMetrics).
+    #[arg(long, default_value = "0.0.0.0:15020")]
+    metrics: SocketAddr,
     /// How long SIGTERM waits for live connections before closing them.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -169,6 +172,7 @@ fn main() -> ExitCode {
         hbone: args.hbone,
         admin: args.admin,
         readiness: args.readiness,
+        metrics: args.metrics,
         drain_timeout: args.drain_timeout,
         allow_ambiguous_paths: args.allow_ambiguous_paths,
         tunnel_pooling: !args.no_tunnel_pool,

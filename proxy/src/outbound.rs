@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::accesslog::Record;
+use crate::metrics::{self, ConnLabels};
 use crate::{relay, socket, Ctx};
 
 pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver<bool>) {
@@ -49,9 +50,11 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
     // Resolve the destination: a workload, a service (pick an endpoint), or passthrough (to
     // `direct`).
     let mut direct = orig;
+    let mut service = None;
     let target = if let Some(w) = snap.by_ip.get(&orig.ip()) {
         Some((w.clone(), orig))
     } else if let Some(svc) = snap.services.get(&orig) {
+        service = Some(format!("{}.{}", svc.name, svc.namespace));
         if svc.endpoints.is_empty() {
             rec.reason = format!("service {}/{} has no endpoints", svc.namespace, svc.name);
             ctx.log.log(rec);
@@ -84,11 +87,28 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
                 Ok((tunnel, _slot)) => {
                     rec.decision = "allow";
                     rec.reason = format!("tunnel via {}", w.hbone);
+                    let labels = Box::new(ConnLabels::new(
+                        metrics::SOURCE,
+                        &snap,
+                        peer.ip(),
+                        Some(src.identity.to_string()),
+                        Some(&w),
+                        service,
+                        metrics::MUTUAL_TLS,
+                    ));
+                    ctx.metrics.opened(&labels);
                     let out = relay::splice_tunnel(&ctx, tcp, tunnel, None).await;
                     rec.bytes_sent = out.a_to_b;
                     rec.bytes_received = out.b_to_a;
+                    // Istio's meaning: sent = the response direction, received = the request.
+                    ctx.metrics.closed(&labels, out.b_to_a, out.a_to_b);
                 }
                 Err(e) => {
+                    if let crate::pool::TunnelError::Tls { source, .. } = &e {
+                        ctx.metrics
+                            .tls_failure("outbound", crate::tls::handshake_reason_code(source));
+                    }
+                    ctx.metrics.tunnel_failure("outbound", e.code());
                     rec.reason = e.to_string();
                     tracing::info!(src = %src.identity, dst = %w.identity, error = %e, "tunnel failed");
                 }
@@ -99,9 +119,20 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
                 rec.dst = direct.to_string();
                 rec.decision = "allow";
                 rec.reason = "passthrough: not a mesh destination".into();
+                let labels = Box::new(ConnLabels::new(
+                    metrics::SOURCE,
+                    &snap,
+                    peer.ip(),
+                    Some(src.identity.to_string()),
+                    None,
+                    service,
+                    metrics::NONE,
+                ));
+                ctx.metrics.opened(&labels);
                 let out = relay::splice(&ctx, tcp, up, None).await;
                 rec.bytes_sent = out.a_to_b;
                 rec.bytes_received = out.b_to_a;
+                ctx.metrics.closed(&labels, out.b_to_a, out.a_to_b);
             }
             Err(e) => rec.reason = format!("passthrough to {direct}: {e}"),
         },

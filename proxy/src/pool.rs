@@ -51,6 +51,19 @@ pub enum TunnelError {
     Config(String),
 }
 
+impl TunnelError {
+    /// A bounded name for the failure (a metric label).
+    pub fn code(&self) -> &'static str {
+        match self {
+            TunnelError::NoCertificate(_) => "no_certificate",
+            TunnelError::Connect(..) => "connect",
+            TunnelError::Tls { .. } => "tls",
+            TunnelError::Hbone(..) => "hbone_refused",
+            TunnelError::Config(_) => "config",
+        }
+    }
+}
+
 type Key = (SpiffeId, SpiffeId, SocketAddr);
 
 struct Pooled {

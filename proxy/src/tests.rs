@@ -30,6 +30,7 @@ async fn ctx() -> Arc<Ctx> {
         certs,
         conns: Arc::new(conns::Registry::default()),
         log: accesslog::AccessLog::start(),
+        metrics: crate::metrics::Metrics::new(),
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),
         l7: crate::l7::L7::default(),

@@ -116,6 +116,30 @@ pub fn handshake_reason(e: &std::io::Error) -> String {
         .unwrap_or_else(|| e.to_string())
 }
 
+/// A bounded name for why a handshake failed (a metric label): the X509-SVID rule's reason
+/// code where one failed, else the kind of TLS failure.
+pub fn handshake_reason_code(e: &std::io::Error) -> &'static str {
+    let Some(te) = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) else {
+        return match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::TimedOut => "timeout",
+            _ => "io",
+        };
+    };
+    if let Some(svid) = ward_lib_identity::tls::svid_error(te) {
+        return svid.reason_code();
+    }
+    match te {
+        rustls::Error::NoCertificatesPresented => "no_client_certificate",
+        rustls::Error::InvalidCertificate(_) => "invalid_certificate",
+        rustls::Error::AlertReceived(_) => "alert_received",
+        rustls::Error::PeerIncompatible(_) => "peer_incompatible",
+        rustls::Error::PeerMisbehaved(_) => "peer_misbehaved",
+        rustls::Error::NoApplicationProtocol => "no_application_protocol",
+        _ => "tls",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,8 @@
 //! (`envoy.service.discovery.v3`) carrying ward's own resources (`ward.control.v1`).
 #![forbid(unsafe_code)]
 
+pub mod exposition;
+
 /// `ward.ca.v1`: certificate issuance.
 pub mod ca {
     #![allow(missing_docs, clippy::all)] // reason: generated code

@@ -8,6 +8,7 @@ mod hostile;
 mod interop;
 mod l7;
 mod lifecycle;
+mod metrics;
 mod policy;
 mod rotation;
 
