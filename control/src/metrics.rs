@@ -1,5 +1,6 @@
 //! The control component's metrics (OpenMetrics text on `--metrics`, default `:15014`, path
-//! `/metrics`). Names are prefixed `ward_control_`; labels are bounded (a kind, a reason).
+//! `/metrics`). Names are prefixed `ward_control_` (the CA it hosts: `ward_ca_`); labels are
+//! bounded (a kind, a reason, a gRPC code).
 //!
 //! Counters are updated where things happen (the xDS server, the watches); gauges describing
 //! state (connected proxies, published objects, invalid policies) are read from the current
@@ -11,6 +12,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
@@ -38,11 +40,89 @@ pub struct Metrics {
     services: Gauge,
     /// Policy objects by kind and state (`accepted`, `invalid`).
     policies: Family<Labels, Gauge>,
+    /// Seconds from sending a push to the proxy's acknowledgement of all of it.
+    pub push_latency: PushLatency,
+    /// CA: certificates issued, and requests refused by gRPC code.
+    pub ca_issued: Counter,
+    pub ca_refused: Family<Labels, Counter>,
+}
+
+/// The push-latency histogram (1 ms … 10 s).
+#[derive(Clone)]
+pub struct PushLatency(pub Histogram);
+
+impl Default for PushLatency {
+    fn default() -> Self {
+        Self(Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+        ]))
+    }
+}
+
+/// The CA's audit trail, counted on its way to the JSON-lines sink.
+pub struct CountingAudit<A> {
+    inner: A,
+    metrics: Metrics,
+}
+
+impl<A> CountingAudit<A> {
+    /// Every refusal code starts at zero, so `rate()` and alerts see the series before the
+    /// first refusal.
+    pub fn new(inner: A, metrics: Metrics) -> Self {
+        for code in [
+            "UNAUTHENTICATED",
+            "PERMISSION_DENIED",
+            "INVALID_ARGUMENT",
+            "RESOURCE_EXHAUSTED",
+            "UNAVAILABLE",
+            "INTERNAL",
+        ] {
+            metrics
+                .ca_refused
+                .get_or_create(&vec![("code".to_owned(), code.to_owned())])
+                .inc_by(0);
+        }
+        Self { inner, metrics }
+    }
+}
+
+impl<A: ward_ca::service::AuditSink> ward_ca::service::AuditSink for CountingAudit<A> {
+    fn record(&self, rec: &ward_ca::service::AuditRecord) {
+        if rec.outcome == "issued" {
+            self.metrics.ca_issued.inc();
+        } else {
+            self.metrics
+                .ca_refused
+                .get_or_create(&vec![(
+                    "code".to_owned(),
+                    rec.code.unwrap_or("unknown").to_owned(),
+                )])
+                .inc();
+        }
+        self.inner.record(rec);
+    }
 }
 
 impl Metrics {
     fn registry(&self) -> Registry {
-        let mut r = Registry::with_prefix("ward_control");
+        let mut root = Registry::with_prefix("ward");
+        let ca = root.sub_registry_with_prefix("ca");
+        ca.register(
+            "certificates_issued",
+            "Workload certificates issued",
+            self.ca_issued.clone(),
+        );
+        ca.register(
+            "requests_refused",
+            "Certificate requests refused, by gRPC code (UNAUTHENTICATED, PERMISSION_DENIED, RESOURCE_EXHAUSTED, UNAVAILABLE, INVALID_ARGUMENT)",
+            self.ca_refused.clone(),
+        );
+        let r = root.sub_registry_with_prefix("control");
+        r.register(
+            "push_latency_seconds",
+            "Time from sending a push to a proxy until it acknowledged all of it",
+            self.push_latency.0.clone(),
+        );
         r.register(
             "proxies_connected",
             "Proxies with an open control stream",
@@ -90,7 +170,7 @@ impl Metrics {
             self.services.clone(),
         );
         r.register("policies", "Policy objects by kind and state (invalid ones are reported and enforced fail-closed or at their last good version)", self.policies.clone());
-        r
+        root
     }
 
     /// The OpenMetrics text of every metric, gauges refreshed from `view` and `policies`.

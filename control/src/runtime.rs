@@ -321,7 +321,10 @@ pub async fn start(args: Args, client: Option<kube::Client>) -> anyhow::Result<R
         authority,
         authn.clone(),
         directory,
-        Arc::new(JsonLinesAudit::new(std::io::stdout())),
+        Arc::new(crate::metrics::CountingAudit::new(
+            JsonLinesAudit::new(std::io::stdout()),
+            metrics.clone(),
+        )),
         clock,
         IssuePolicy {
             default_ttl: args.cert_ttl,

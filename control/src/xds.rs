@@ -239,6 +239,10 @@ impl StreamState {
                 if p.nacked {
                     self.nacked_seq = Some(p.view.seq);
                 } else {
+                    self.stats
+                        .push_latency
+                        .0
+                        .observe(p.sent_at.elapsed().as_secs_f64());
                     tracing::debug!(node = %self.node, seq = p.view.seq, ms = p.sent_at.elapsed().as_millis() as u64, "push acknowledged");
                     self.baseline = Baseline::View(p.view);
                 }

@@ -221,8 +221,7 @@ pub(crate) async fn connect_stream(
     }
     let attrs = Attributes::tcp(Some(&peer), source_ip, target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
-    ctx.metrics
-        .decision(crate::metrics::DESTINATION, w, &decision);
+    ctx.metrics.decision(&labels, &decision);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();
     if !decision.allowed {
@@ -349,12 +348,6 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
         return;
     };
     rec.dst_workload = Some(format!("{}/{}", w.namespace, w.name));
-    if w.mtls == MtlsMode::Strict {
-        rec.reason = "plaintext refused: peer authentication is STRICT".into();
-        ctx.metrics.strict_refusal(crate::metrics::DESTINATION, w);
-        ctx.log.log(rec);
-        return;
-    }
     let labels = Box::new(crate::metrics::ConnLabels::new(
         crate::metrics::DESTINATION,
         &snap,
@@ -364,6 +357,12 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
         None,
         crate::metrics::NONE,
     ));
+    if w.mtls == MtlsMode::Strict {
+        rec.reason = "plaintext refused: peer authentication is STRICT".into();
+        ctx.metrics.strict_refusal(&labels);
+        ctx.log.log(rec);
+        return;
+    }
     if w.is_http_port(target.port()) {
         rec.decision = "allow";
         rec.reason = "HTTP port: requests authorized individually".into();
@@ -385,8 +384,7 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
     }
     let attrs = Attributes::tcp(None, peer.ip(), target, jiff::Timestamp::now());
     let decision = w.policies.evaluate(&attrs);
-    ctx.metrics
-        .decision(crate::metrics::DESTINATION, w, &decision);
+    ctx.metrics.decision(&labels, &decision);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     rec.reason = decision.to_string();
     if !decision.allowed {

@@ -287,8 +287,7 @@ async fn handle(
         time: jiff::Timestamp::now(),
     };
     let decision = caller.workload.policies.evaluate(&attrs);
-    ctx.metrics
-        .decision(crate::metrics::DESTINATION, &caller.workload, &decision);
+    ctx.metrics.decision(&caller.labels, &decision);
     rec.policy = decision.policy.map(|(p, _)| p.id.to_string());
     if !decision.allowed {
         rec.reason = format!("{}: {decision}", rec.reason);

@@ -10,8 +10,9 @@
 //! never a connection, a client address or a path. Per pair of workloads (source,
 //! destination) a node has at most: 5 TCP series (opened, closed, sent, received, open) per
 //! reporter and security policy; one request counter per response code and a 12-bucket
-//! duration histogram per response code on HTTP ports; decisions per (decision, policy,
-//! action) of the destination.
+//! duration histogram per response code on HTTP ports; one decision counter per (decision,
+//! policy, action) that applied to the pair. Proxy-wide: failures by reason (a fixed set),
+//! one expiry gauge per identity held.
 //!
 //! Counters are updated where things happen, once per connection or request (never per
 //! byte: byte counts are added when a connection ends); gauges describing state (certificate
@@ -93,6 +94,9 @@ pub struct HttpLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthzLabels {
     pub reporter: &'static str,
+    pub source_workload: String,
+    pub source_workload_namespace: String,
+    pub source_principal: String,
     pub destination_workload: String,
     pub destination_workload_namespace: String,
     /// `allow` or `deny` (for AUDIT: `audit`; for a dry-run policy: what it would have done,
@@ -270,20 +274,10 @@ impl Metrics {
         m
     }
 
-    /// Records an authorization decision.
-    pub fn decision(
-        &self,
-        reporter: &'static str,
-        destination: &Workload,
-        decision: &ward_lib_policy::Decision<'_>,
-    ) {
-        let labels = |decision: &'static str, policy: String, action: &'static str| AuthzLabels {
-            reporter,
-            destination_workload: destination.name.clone(),
-            destination_workload_namespace: destination.namespace.clone(),
-            decision,
-            policy,
-            action,
+    /// Records an authorization decision about a connection or request labelled `conn`.
+    pub fn decision(&self, conn: &ConnLabels, decision: &ward_lib_policy::Decision<'_>) {
+        let labels = |decision: &'static str, policy: String, action: &'static str| {
+            authz_labels(conn, decision, policy, action)
         };
         let (policy, action) = match decision.policy {
             Some((p, _)) => (p.id.to_string(), action_name(p)),
@@ -312,16 +306,9 @@ impl Metrics {
     }
 
     /// Plaintext refused before policy because the destination is STRICT.
-    pub fn strict_refusal(&self, reporter: &'static str, destination: &Workload) {
+    pub fn strict_refusal(&self, conn: &ConnLabels) {
         self.authz
-            .get_or_create(&AuthzLabels {
-                reporter,
-                destination_workload: destination.name.clone(),
-                destination_workload_namespace: destination.namespace.clone(),
-                decision: "deny",
-                policy: "none".into(),
-                action: "STRICT",
-            })
+            .get_or_create(&authz_labels(conn, "deny", "none".into(), "STRICT"))
             .inc();
     }
 
@@ -400,6 +387,25 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+fn authz_labels(
+    conn: &ConnLabels,
+    decision: &'static str,
+    policy: String,
+    action: &'static str,
+) -> AuthzLabels {
+    AuthzLabels {
+        reporter: conn.reporter,
+        source_workload: conn.source_workload.clone(),
+        source_workload_namespace: conn.source_workload_namespace.clone(),
+        source_principal: conn.source_principal.clone(),
+        destination_workload: conn.destination_workload.clone(),
+        destination_workload_namespace: conn.destination_workload_namespace.clone(),
+        decision,
+        policy,
+        action,
     }
 }
 

@@ -136,6 +136,13 @@ pub fn handshake_reason_code(e: &std::io::Error) -> &'static str {
         rustls::Error::PeerIncompatible(_) => "peer_incompatible",
         rustls::Error::PeerMisbehaved(_) => "peer_misbehaved",
         rustls::Error::NoApplicationProtocol => "no_application_protocol",
+        rustls::Error::InvalidMessage(_) => "invalid_message",
+        rustls::Error::InappropriateMessage { .. }
+        | rustls::Error::InappropriateHandshakeMessage { .. } => "unexpected_message",
+        rustls::Error::DecryptError => "decrypt_error",
+        // The SNI resolver found no identity of this node named by the client's SNI (or the
+        // client sent none): rustls reports that as a general error.
+        rustls::Error::General(m) if m.contains("no server certificate") => "unknown_sni",
         _ => "tls",
     }
 }

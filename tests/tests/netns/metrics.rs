@@ -59,6 +59,69 @@ fn query(c: &Cluster, promql: &str) -> Option<f64> {
     result[0]["value"][1].as_str()?.parse().ok()
 }
 
+/// Runs a PromQL query; `Err` with Prometheus's error if it does not evaluate.
+fn evaluates(c: &Cluster, promql: &str) -> Result<(), String> {
+    let o = run(in_ns(&c.ns("ctl"), "curl").args([
+        "-s",
+        "--max-time",
+        "3",
+        "--data-urlencode",
+        &format!("query={promql}"),
+        "http://127.0.0.1:9090/api/v1/query",
+    ]));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())?;
+    if v["status"] == "success" {
+        Ok(())
+    } else {
+        Err(v["error"].to_string())
+    }
+}
+
+/// The sample names a scrape can contain, from its `# TYPE` lines (a counter's samples end in
+/// `_total`, a histogram's in `_bucket`, `_sum`, `_count`).
+fn sample_names(openmetrics: &str, into: &mut std::collections::BTreeSet<String>) {
+    for line in openmetrics.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else {
+            continue;
+        };
+        let Some((name, kind)) = rest.split_once(' ') else {
+            continue;
+        };
+        match kind {
+            "counter" => {
+                into.insert(format!("{name}_total"));
+            }
+            "histogram" => {
+                for s in ["_bucket", "_sum", "_count"] {
+                    into.insert(format!("{name}{s}"));
+                }
+            }
+            _ => {
+                into.insert(name.to_owned());
+            }
+        }
+    }
+}
+
+/// Every `ward_…` metric name in `text`.
+fn names_in(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find("ward_") {
+        let tail = &rest[i..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        // Skip identifiers that merely contain `ward_` (none today) and label values.
+        let before = rest[..i].chars().last();
+        if !before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '/') {
+            out.push(tail[..end].to_owned());
+        }
+        rest = &tail[end..];
+    }
+    out
+}
+
 /// Waits until `promql` evaluates to `want` (scrapes run every second).
 fn expect(c: &Cluster, promql: &str, want: f64) {
     let start = Instant::now();
@@ -170,6 +233,38 @@ fn prometheus_sees_exactly_the_traffic() {
         );
     }
 
+    // Two failed handshakes at node-2's HBONE port: a client naming no identity (no SNI), and
+    // one naming shop/web but presenting no certificate.
+    for extra in [&[][..], &["--resolve", "shop.web.ward:15008:10.77.0.2"][..]] {
+        let url = if extra.is_empty() {
+            "https://10.77.0.2:15008/"
+        } else {
+            "https://shop.web.ward:15008/"
+        };
+        let o = run(in_ns(&ctl, "curl")
+            .args(["-sk", "--max-time", "3"])
+            .args(extra)
+            .arg(url));
+        assert!(!o.status.success());
+    }
+    expect(
+        &c,
+        r#"sum(ward_tls_handshake_failures_total{instance="10.77.0.2:15020",direction="inbound"})"#,
+        2.0,
+    );
+    let reasons = run(in_ns(&ctl, "curl").args([
+        "-s",
+        "--data-urlencode",
+        "query=ward_tls_handshake_failures_total",
+        "http://127.0.0.1:9090/api/v1/query",
+    ]));
+    let reasons = String::from_utf8_lossy(&reasons.stdout).into_owned();
+    assert!(
+        reasons.contains(r#""reason":"no_client_certificate""#),
+        "{reasons}"
+    );
+    assert!(reasons.contains(r#""reason":"unknown_sni""#), "{reasons}");
+
     let dst = r#"reporter="destination",destination_workload="web-2",destination_workload_namespace="shop""#;
     let tcp = format!(
         r#"{dst},source_workload="client-1",source_workload_namespace="shop",source_principal="spiffe://cluster.local/ns/shop/sa/client",destination_principal="spiffe://cluster.local/ns/shop/sa/web",connection_security_policy="mutual_tls""#
@@ -263,7 +358,15 @@ fn prometheus_sees_exactly_the_traffic() {
     expect(&c, "ward_control_proxies_connected", 2.0);
     expect(&c, "sum(ward_access_log_dropped_total)", 0.0);
 
+    expect(&c, "sum(ward_ca_certificates_issued_total)", 4.0);
+    expect(
+        &c,
+        "count(ward_control_push_latency_seconds_count > 0)",
+        1.0,
+    );
+
     // Every exposition parses as OpenMetrics and passes promtool.
+    let mut names = std::collections::BTreeSet::new();
     for (ns, url) in [
         (c.ns("n1"), "http://127.0.0.1:15020/metrics".to_owned()),
         (c.ns("n2"), "http://127.0.0.1:15020/metrics".to_owned()),
@@ -272,6 +375,7 @@ fn prometheus_sees_exactly_the_traffic() {
     ] {
         let (text, classic) = scrape(&ns, &url);
         assert!(text.ends_with("# EOF\n"), "{url}: not OpenMetrics:\n{text}");
+        sample_names(&text, &mut names);
         let file = c.path("scrape.txt");
         std::fs::write(&file, &text).unwrap_or_else(|e| panic!("{e}"));
         let classic_file = c.path("scrape-classic.txt");
@@ -296,5 +400,38 @@ fn prometheus_sees_exactly_the_traffic() {
             String::from_utf8_lossy(&checked.stdout),
             String::from_utf8_lossy(&checked.stderr)
         );
+    }
+
+    // The dashboard and the alert rules name only metrics that exist, and every dashboard
+    // query evaluates against this data.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for file in [
+        "deploy/grafana/ward-dashboard.json",
+        "deploy/prometheus/ward-alerts.yaml",
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{e}"));
+        for name in names_in(&text) {
+            assert!(
+                names.contains(&name),
+                "{file} names {name}, which no component exposes"
+            );
+        }
+    }
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("deploy/grafana/ward-dashboard.json"))
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap_or("");
+            let promql = expr
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "5m")
+                .replace("$namespace", ".*");
+            if let Err(e) = evaluates(&c, &promql) {
+                panic!("dashboard panel {:?}: {promql}: {e}", panel["title"]);
+            }
+        }
     }
 }
