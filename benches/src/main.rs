@@ -10,7 +10,9 @@
 //! - `conn-rate` / `tunnel-rate`: new connections per second, with pooled tunnels and with a
 //!   new mTLS connection each;
 //! - `idle-memory`: RSS idle and with 1 000 and 10 000 idle tunnelled connections;
-//! - `policy`: the policy decision with 10 000 policies (in process).
+//! - `policy`: the policy decision with 10 000 policies (in process);
+//! - `log-flood`: `conn-rate` through ward with its access log to a file, off, and stalled
+//!   (nobody reads it): logging must not slow the data path; drops are counted.
 //!
 //! `control-scale` (separate, no root needed) measures the control component at 10 000 pods
 //! and 100 proxies (`control_scale.rs`).
@@ -45,12 +47,13 @@ const SCENARIOS: &[&str] = &[
     "conn-rate",
     "idle-memory",
     "policy",
+    "log-flood",
 ];
 
 const USAGE: &str = "usage: ward-benches [all | SCENARIO…] [--reps N] [--secs S] [--no-pin] [--paths ward,envoy,haproxy] [--profile DIR]
        ward-benches shell [PATH]   |   ward-benches report RESULTS.json
        ward-benches control-scale [--pods N] [--nodes N] [--proxies N] [--changes N]
-scenarios: throughput latency http-max conn-rate (includes tunnel-rate) idle-memory policy";
+scenarios: throughput latency http-max conn-rate (includes tunnel-rate) idle-memory policy log-flood";
 
 struct Opts {
     scenarios: Vec<String>,
@@ -152,7 +155,23 @@ fn main() -> anyhow::Result<()> {
                 mode.label(),
                 t.elapsed().as_secs_f64()
             );
-            if let Err(e) = run_path(&mut b, mode, &opts, &mut results) {
+            let flood = if want("log-flood") && mode == Mode::Ward {
+                [
+                    ward_tests::AccessLogSink::File,
+                    ward_tests::AccessLogSink::Off,
+                    ward_tests::AccessLogSink::Stalled,
+                ]
+                .into_iter()
+                .try_for_each(|sink| {
+                    let m = scenarios::log_flood(&mut b, &opts.settings, sink)?;
+                    eprintln!("   log flood, {}: {}", m.variant, brief(&m));
+                    results.push(m);
+                    Ok::<_, anyhow::Error>(())
+                })
+            } else {
+                Ok(())
+            };
+            if let Err(e) = flood.and_then(|()| run_path(&mut b, mode, &opts, &mut results)) {
                 let kept = out_dir.join("failed-logs");
                 b.save_logs(&kept);
                 write(&out_dir, &results, &opts, started)?;

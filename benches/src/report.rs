@@ -453,6 +453,23 @@ pub fn markdown(all: &[Measurement], machine: &str, settings: &str) -> String {
             col("CPU µs/conn node-2", "cpu_us_per_conn_node2"),
         ],
     );
+    out.push_str(
+        "## Access logging under a connection flood (ward; the log written, off, and stalled)\n\n",
+    );
+    table(
+        &mut out,
+        all,
+        "log-flood",
+        col("conn/s", "rate"),
+        &[
+            col("p50 µs", "p50_us"),
+            col("p99 µs", "p99_us"),
+            col("CPU µs/conn node-1", "cpu_us_per_conn_node1"),
+            col("CPU µs/conn node-2", "cpu_us_per_conn_node2"),
+            col("records dropped node-1", "dropped_node1"),
+            col("records dropped node-2", "dropped_node2"),
+        ],
+    );
     out.push_str("## Proxy memory with idle tunnelled connections (VmRSS, measured first on a fresh path)\n\n");
     table(
         &mut out,

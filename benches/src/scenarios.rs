@@ -398,6 +398,46 @@ pub fn conn_rate(b: &Bench, st: &Settings) -> anyhow::Result<Measurement> {
     })
 }
 
+/// Connection rate through ward with its access log written to a file, switched off, and
+/// stuck (a pipe nobody reads: every record after the first ~64 KiB is dropped). The data path
+/// hands records to a bounded queue and never waits, so the three rates should match; the
+/// drops are read from the proxies' `ward_access_log_dropped_total`.
+pub fn log_flood(
+    b: &mut Bench,
+    st: &Settings,
+    sink: ward_tests::AccessLogSink,
+) -> anyhow::Result<Measurement> {
+    b.c.access_log = sink;
+    b.set_mode(Mode::Ward)?;
+    let mut m = conn_rate(b, st)?;
+    let mut dropped = Vec::new();
+    for node in [1, 2] {
+        let text = ward_tests::must(
+            ward_tests::in_ns(&b.c.ns(&format!("n{node}")), "curl")
+                .args(["-s", "http://127.0.0.1:15020/metrics"]),
+        );
+        let value = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ward_access_log_dropped_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .ok_or_else(|| anyhow::anyhow!("node-{node}: no ward_access_log_dropped_total"))?;
+        dropped.push(value);
+    }
+    for s in &mut m.samples {
+        s.insert("dropped_node1", dropped[0]);
+        s.insert("dropped_node2", dropped[1]);
+    }
+    m.scenario = "log-flood";
+    m.variant = match sink {
+        ward_tests::AccessLogSink::File => "access log to a file",
+        ward_tests::AccessLogSink::Off => "access log off",
+        ward_tests::AccessLogSink::Stalled => "access log sink stalled",
+    }
+    .into();
+    b.c.access_log = ward_tests::AccessLogSink::File;
+    Ok(m)
+}
+
 fn rss_mib(pids: &[u32]) -> anyhow::Result<Vec<f64>> {
     pids.iter()
         .map(|&p| Ok(procfs::rss_kib(p)? as f64 / MIB))

@@ -56,8 +56,27 @@ impl Record {
 }
 
 pub struct AccessLog {
-    tx: mpsc::Sender<Record>,
-    pub dropped: AtomicU64,
+    /// `None`: access logging is off (`--access-log off`).
+    tx: Option<mpsc::Sender<Record>>,
+    pub dropped: std::sync::Arc<AtomicU64>,
+}
+
+/// A cheap handle to the access log, for records written after the task that started them
+/// has moved on (an HTTP request's line is written when its response body ends).
+#[derive(Clone)]
+pub struct LogHandle {
+    tx: Option<mpsc::Sender<Record>>,
+    dropped: std::sync::Arc<AtomicU64>,
+}
+
+impl LogHandle {
+    pub fn log(&self, rec: Record) {
+        if let Some(tx) = &self.tx {
+            if tx.try_send(rec).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl AccessLog {
@@ -82,14 +101,31 @@ impl AccessLog {
             }
         });
         Self {
-            tx,
-            dropped: AtomicU64::new(0),
+            tx: Some(tx),
+            dropped: std::sync::Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Access logging off: records are discarded (and not counted as dropped).
+    pub fn off() -> Self {
+        Self {
+            tx: None,
+            dropped: std::sync::Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    pub fn handle(&self) -> LogHandle {
+        LogHandle {
+            tx: self.tx.clone(),
+            dropped: self.dropped.clone(),
         }
     }
 
     pub fn log(&self, rec: Record) {
-        if self.tx.try_send(rec).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        if let Some(tx) = &self.tx {
+            if tx.try_send(rec).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Admin (loopback, 15000), metrics (15020) and readiness (15021) endpoints.
 //!
-//! Metrics: `/metrics` (OpenMetrics; also on the admin port). Admin: `/config_dump` (version, node, local workloads, certificates, live connections),
+//! Metrics: `/metrics` (OpenMetrics; also on the admin port). Admin: `/logging` (GET the log
+//! filter; POST `?level=` to change it at runtime), `/config_dump` (version, node, local workloads, certificates, live connections),
 //! `/connections` (live inbound connections with the peer identity each was authorized for),
 //! `/certs`, `/healthz/ready`. Readiness serves only `/healthz/ready`: 200 once the proxy has a
 //! configuration that declares this node and certificates for all its workloads, else 503.
@@ -19,6 +20,86 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::Ctx;
+
+/// Changes the log filter (`tracing_subscriber` directives, e.g. `info,ward_proxy=debug`).
+pub type SetLogFilter = Box<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+
+/// The process's log filter, as `main` installed it: its current directives and how to
+/// replace them.
+static LOG_FILTER: std::sync::OnceLock<(std::sync::Mutex<String>, SetLogFilter)> =
+    std::sync::OnceLock::new();
+
+/// Registers the log filter `/logging` reads and changes (once, from `main`).
+pub fn set_log_filter(current: String, set: SetLogFilter) {
+    let _ = LOG_FILTER.set((std::sync::Mutex::new(current), set));
+}
+
+/// `GET /logging`: the current filter. `POST /logging?level=DIRECTIVES`: replace it (a bad
+/// directive is refused with 400 and changes nothing).
+fn logging(method: &http::Method, query: Option<&str>) -> http::Response<Full<Bytes>> {
+    let Some((current, set)) = LOG_FILTER.get() else {
+        return reply(
+            503,
+            "the log filter cannot be changed in this process\n".into(),
+            "text/plain",
+        );
+    };
+    if method == http::Method::POST {
+        let level = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("level="))
+            .map(percent_decode);
+        let Some(level) = level.filter(|l| !l.is_empty()) else {
+            return reply(
+                400,
+                "POST /logging?level=DIRECTIVES (e.g. debug, or info,ward_proxy=debug)\n".into(),
+                "text/plain",
+            );
+        };
+        if let Err(e) = set(&level) {
+            return reply(
+                400,
+                format!("invalid log filter {level:?}: {e}\n"),
+                "text/plain",
+            );
+        }
+        tracing::info!(filter = %level, "log filter changed");
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = level;
+    } else if method != http::Method::GET {
+        return reply(405, "GET or POST\n".into(), "text/plain");
+    }
+    let now = current.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    reply(200, format!("{now}\n"), "text/plain")
+}
+
+/// Decodes `%XX` escapes and `+` (a query value); invalid escapes stay as they are.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// Ready once a configuration is in force and every local workload has its certificate.
 pub fn is_ready(ctx: &Ctx) -> bool {
@@ -57,6 +138,9 @@ pub async fn serve(
                     .and_then(|v| v.to_str().ok())
                     .map(str::to_owned);
                 async move {
+                    if port == Port::Admin && req.uri().path() == "/logging" {
+                        return Ok::<_, Infallible>(logging(req.method(), req.uri().query()));
+                    }
                     Ok::<_, Infallible>(route(&ctx, req.uri().path(), port, accept.as_deref()))
                 }
             });

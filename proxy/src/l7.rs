@@ -13,7 +13,8 @@
 //!   with broken chunking never reaches the workload; malformed requests get 400 from the HTTP
 //!   parser and close the connection.
 //!
-//! One access-log line per request, and per-status counters for the observability layer.
+//! One access-log line per request — written when its response has been sent, with the bytes
+//! of both bodies and the whole duration — and request metrics by response code.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -39,6 +40,66 @@ use crate::{socket, Ctx};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 type Upstream = Client<TargetConnector, Body>;
+
+/// A body passed through while its data bytes are counted into `bytes`; `on_end` runs once,
+/// with the count, when the body ends or is dropped unfinished (the client went away).
+struct Counted {
+    inner: Body,
+    bytes: Arc<AtomicU64>,
+    on_end: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl Counted {
+    fn new(inner: Body, bytes: Arc<AtomicU64>) -> Self {
+        Self {
+            inner,
+            bytes,
+            on_end: None,
+        }
+    }
+
+    fn end(&mut self) {
+        if let Some(f) = self.on_end.take() {
+            f(self.bytes.load(Ordering::Relaxed));
+        }
+    }
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            std::task::Poll::Ready(None) => self.end(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.end();
+    }
+}
 
 /// Largest chunked request body buffered before forwarding.
 const MAX_BUFFERED_BODY: usize = 4 * 1024 * 1024;
@@ -223,14 +284,27 @@ async fn handle(
     ));
     rec.dst_identity = Some(caller.workload.identity.to_string());
     rec.reason = format!("{method} {raw_path}");
+    // Bytes of the request body forwarded to the workload (0 for a refused request).
+    let request_bytes = Arc::new(AtomicU64::new(0));
+    // The request's access-log line is written when its response body has been sent (or
+    // abandoned), with both directions' bytes and the whole duration; metrics count the
+    // request when its response headers are ready.
     let finish = |ctx: &Ctx, mut rec: Record, resp: http::Response<Body>| {
-        rec.duration_ms = started.elapsed().as_millis() as u64;
         rec.reason = format!("{} -> {}", rec.reason, resp.status().as_u16());
         ctx.l7.count(resp.status().as_u16(), started.elapsed());
         ctx.metrics
             .request(&caller.labels, resp.status().as_u16(), started.elapsed());
-        ctx.log.log(rec);
-        resp
+        let log = ctx.log.handle();
+        let received = request_bytes.clone();
+        let (parts, body) = resp.into_parts();
+        let mut counted = Counted::new(body, Arc::new(AtomicU64::new(0)));
+        counted.on_end = Some(Box::new(move |sent| {
+            rec.bytes_sent = sent;
+            rec.bytes_received = received.load(Ordering::Relaxed);
+            rec.duration_ms = started.elapsed().as_millis() as u64;
+            log.log(rec);
+        }));
+        http::Response::from_parts(parts, counted.boxed())
     };
     let ambiguous = if ctx.l7.allow_ambiguous_paths {
         Ambiguous::Allow
@@ -340,7 +414,11 @@ async fn handle(
     }
     let body: Body = if chunked {
         match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
-            Ok(b) => Full::new(b.to_bytes()).map_err(|e| match e {}).boxed(),
+            Ok(b) => {
+                let b = b.to_bytes();
+                request_bytes.store(b.len() as u64, Ordering::Relaxed);
+                Full::new(b).map_err(|e| match e {}).boxed()
+            }
             Err(e) => {
                 rec.reason = format!("{}: request body: {e}", rec.reason);
                 return finish(
@@ -351,7 +429,7 @@ async fn handle(
             }
         }
     } else {
-        body.boxed()
+        Counted::new(body.boxed(), request_bytes.clone()).boxed()
     };
     let resp = match ctx
         .l7

@@ -72,6 +72,8 @@ pub struct Config {
     pub allow_ambiguous_paths: bool,
     /// Share HBONE connections between tunnels (off: one mTLS connection per tunnel).
     pub tunnel_pooling: bool,
+    /// Write access logs (JSON lines on stdout).
+    pub access_log: bool,
 }
 
 /// What every connection task shares.
@@ -137,7 +139,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         certs,
         pool,
         conns: Arc::new(conns::Registry::default()),
-        log: accesslog::AccessLog::start(),
+        log: if cfg.access_log {
+            accesslog::AccessLog::start()
+        } else {
+            accesslog::AccessLog::off()
+        },
         metrics: metrics::Metrics::new(),
         active: AtomicUsize::new(0),
         draining: std::sync::atomic::AtomicBool::new(false),

@@ -73,6 +73,9 @@ struct Args {
     /// Metrics endpoint (`/metrics`, OpenMetrics).
     #[arg(long, default_value = "0.0.0.0:15020")]
     metrics: SocketAddr,
+    /// Access logs: `stdout` (JSON lines) or `off`.
+    #[arg(long, default_value = "stdout", value_parser = ["stdout", "off"])]
+    access_log: String,
     /// How long SIGTERM waits for live connections before closing them.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     drain_timeout: Duration,
@@ -118,14 +121,30 @@ fn control_source(args: &Args, address: SocketAddr) -> anyhow::Result<ward_proxy
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("WARD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        let initial = std::env::var("WARD_LOG").unwrap_or_else(|_| "info".into());
+        let filter = tracing_subscriber::EnvFilter::try_new(&initial)
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // Reloadable, so the admin endpoint `/logging` can change the level at runtime.
+        let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
+        ward_proxy::admin::set_log_filter(
+            initial,
+            Box::new(move |spec: &str| {
+                let f = tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| e.to_string())?;
+                handle.reload(f).map_err(|e| e.to_string())
+            }),
+        );
+    }
     let source = match (&args.config, args.control) {
         (Some(path), _) => ward_proxy::Source::File(path.clone()),
         (None, Some(address)) => match control_source(&args, address) {
@@ -176,6 +195,7 @@ fn main() -> ExitCode {
         drain_timeout: args.drain_timeout,
         allow_ambiguous_paths: args.allow_ambiguous_paths,
         tunnel_pooling: !args.no_tunnel_pool,
+        access_log: args.access_log == "stdout",
     };
     // `available_parallelism` honours the CPU affinity mask (taskset, cpusets) and cgroup quotas.
     let workers = args
@@ -197,7 +217,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(ward_proxy::run(cfg)) {
+    let result = runtime.block_on(ward_proxy::run(cfg));
+    // The access-log writer may be blocked on a stalled stdout; it must not keep a stopped
+    // proxy alive (dropping the runtime would wait for it).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ward-proxy: error: {e:#}");

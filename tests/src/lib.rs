@@ -79,6 +79,22 @@ pub struct Cluster {
     pub proxy_log: &'static str,
     /// Where proxies get their configuration (see [`Cluster::start_ca`]).
     pub source: ProxySource,
+    /// Where proxies write access logs.
+    pub access_log: AccessLogSink,
+    /// Read ends of stalled access-log pipes, kept open and never read.
+    stalled: Vec<std::process::ChildStdout>,
+}
+
+/// Where a proxy's access log (its stdout) goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogSink {
+    /// `access-<node>.log` in the cluster directory.
+    File,
+    /// A pipe nobody reads: the writer blocks once the pipe buffer is full (a stuck log
+    /// shipper), so every later record is dropped.
+    Stalled,
+    /// `--access-log off`.
+    Off,
 }
 
 /// Runs a command, returning its output (never panics on a non-zero exit).
@@ -323,6 +339,8 @@ impl Cluster {
             proxy_cpus: None,
             proxy_log: "info,ward_proxy=debug",
             source: ProxySource::Control,
+            access_log: AccessLogSink::File,
+            stalled: Vec::new(),
         };
         let net = c.add_ns("net");
         must(in_ns(&net, "ip").args(["link", "add", "br0", "type", "bridge"]));
@@ -715,12 +733,25 @@ impl Cluster {
                 &[][..]
             })
             .args(extra_args)
+            .args(if self.access_log == AccessLogSink::Off {
+                &["--access-log", "off"][..]
+            } else {
+                &[][..]
+            })
             .env("WARD_LOG", self.proxy_log)
             .current_dir(self.dir.path())
-            .stdout(Stdio::from(access))
+            .stdout(match self.access_log {
+                AccessLogSink::File => Stdio::from(access),
+                AccessLogSink::Stalled => Stdio::piped(),
+                AccessLogSink::Off => Stdio::null(),
+            })
             .stderr(Stdio::from(log))
             .spawn()
             .unwrap_or_else(|e| panic!("starting ward-proxy: {e}"));
+        let mut child = child;
+        if let Some(out) = child.stdout.take() {
+            self.stalled.push(out);
+        }
         self.proxies[i - 1] = Some(child);
         self.wait_ready(i, Duration::from_secs(20));
     }

@@ -223,14 +223,73 @@ fn prometheus_sees_exactly_the_traffic() {
             "denied traffic echoed"
         );
     }
-    // HTTP port 8080: from client-2, 4 requests answered 200 and 2 denied (403).
-    for path in ["/a", "/b", "/admin", "/c", "/admin", "/d"] {
+    // HTTP port 8080: from client-2, 4 requests answered 200 (one a POST of 5 bytes) and 2
+    // denied (403).
+    for (path, extra) in [
+        ("/a", &[][..]),
+        ("/b", &[]),
+        ("/admin", &[]),
+        ("/c", &[]),
+        ("/admin", &[]),
+        ("/d", &["--data-binary", "hello"]),
+    ] {
         let want = if path == "/admin" { "403" } else { "200" };
         assert_eq!(
-            c.curl("client-2", &format!("http://{web2}:8080{path}"), &[])
+            c.curl("client-2", &format!("http://{web2}:8080{path}"), extra)
                 .0,
             want
         );
+    }
+    // Each request has its access-log line, with both bodies' bytes and its duration.
+    std::thread::sleep(Duration::from_millis(300));
+    let lines: Vec<serde_json::Value> = c
+        .access_log(2)
+        .into_iter()
+        .filter(|r| r["direction"] == "inbound-http")
+        .collect();
+    assert_eq!(lines.len(), 6, "{lines:#?}");
+    for r in &lines {
+        let reason = r["reason"].as_str().unwrap_or("");
+        // 403 bodies are "RBAC: access denied\n"; the server answers "web-2 GET /a 0\n" etc.
+        let (sent, received) = if r["decision"] == "deny" {
+            (20, 0)
+        } else if reason.starts_with("POST") {
+            ("web-2 POST /d 5\n".len() as u64, 5)
+        } else {
+            ("web-2 GET /a 0\n".len() as u64, 0)
+        };
+        assert_eq!(r["bytes_sent"].as_u64(), Some(sent), "{r}");
+        assert_eq!(r["bytes_received"].as_u64(), Some(received), "{r}");
+        assert!(r["duration_ms"].is_u64(), "{r}");
+    }
+
+    // The admin API: the log filter changes at runtime; a bad one is refused; the config dump
+    // holds no key material.
+    let n2 = c.ns("n2");
+    let admin = |method: &str, query: &str| {
+        let o = run(in_ns(&n2, "curl").args([
+            "-s",
+            "-X",
+            method,
+            "-w",
+            " %{http_code}",
+            &format!("http://127.0.0.1:15000/logging{query}"),
+        ]));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert_eq!(admin("GET", ""), "info,ward_proxy=debug\n 200");
+    assert_eq!(
+        admin("POST", "?level=warn%2Cward_proxy%3Dinfo"),
+        "warn,ward_proxy=info\n 200"
+    );
+    assert_eq!(admin("GET", ""), "warn,ward_proxy=info\n 200");
+    assert!(admin("POST", "?level=ward_proxy%3Dloud").ends_with(" 400"));
+    assert_eq!(admin("GET", ""), "warn,ward_proxy=info\n 200");
+    assert!(c.log_of("proxy-2").contains("log filter changed"));
+    let dump = must(in_ns(&n2, "curl").args(["-s", "http://127.0.0.1:15000/config_dump"]));
+    assert!(dump.contains("\"certificates\""), "{dump}");
+    for secret in ["PRIVATE KEY", "BEGIN", "token"] {
+        assert!(!dump.contains(secret), "config_dump contains {secret:?}");
     }
 
     // Two failed handshakes at node-2's HBONE port: a client naming no identity (no SNI), and
