@@ -122,6 +122,11 @@ struct IdentityLabels {
     identity: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
 /// Request-duration buckets, seconds: 1 ms … 10 s.
 const DURATION_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -149,6 +154,7 @@ pub struct Metrics {
     config_updates: Counter,
     cert_expiry: Family<IdentityLabels, Gauge<f64, AtomicU64>>,
     config_loaded: Gauge,
+    config_info: Family<VersionLabels, Gauge>,
     control_connected: Gauge,
     control_applied: Counter,
     control_rejected: Counter,
@@ -180,6 +186,7 @@ impl Metrics {
             config_updates: Counter::default(),
             cert_expiry: Family::default(),
             config_loaded: Gauge::default(),
+            config_info: Family::default(),
             control_connected: Gauge::default(),
             control_applied: Counter::default(),
             control_rejected: Counter::default(),
@@ -250,6 +257,11 @@ impl Metrics {
             "config_loaded",
             "Whether a configuration is in force (1) or not yet (0: nothing is forwarded)",
             m.config_loaded.clone(),
+        );
+        r.register(
+            "config_info",
+            "The version of the configuration in force (the control stream's sequence number, or the mesh file's fingerprint), as a label; always 1",
+            m.config_info.clone(),
         );
         r.register(
             "certificate_expiration_timestamp_seconds",
@@ -367,8 +379,16 @@ impl Metrics {
                 })
                 .set(c.not_after as f64);
         }
-        self.config_loaded
-            .set(i64::from(ctx.state.snapshot().is_some()));
+        let snapshot = ctx.state.snapshot();
+        self.config_loaded.set(i64::from(snapshot.is_some()));
+        self.config_info.clear();
+        if let Some(s) = &snapshot {
+            self.config_info
+                .get_or_create(&VersionLabels {
+                    version: s.version.clone(),
+                })
+                .set(1);
+        }
         let control = &ctx.state.control;
         self.control_connected
             .set(i64::from(control.connected.load(Ordering::Relaxed)));

@@ -414,6 +414,7 @@ fn prometheus_sees_exactly_the_traffic() {
         4.0,
     );
     expect(&c, "sum(ward_control_stream_connected)", 2.0);
+    expect(&c, "count(ward_config_info == 1)", 2.0);
     expect(&c, "ward_control_proxies_connected", 2.0);
     expect(&c, "sum(ward_access_log_dropped_total)", 0.0);
 
