@@ -377,6 +377,10 @@ impl Bench {
                         status.success(),
                         "ward-proxy on node-{i} exited with {status}"
                     );
+                    // A stopped proxy leaves its interception rules (fail closed); the next
+                    // path needs them gone.
+                    let _ = run(in_ns(&self.c.ns(&format!("n{i}")), "nft")
+                        .args(["delete", "table", "ip", "ward"]));
                 }
             }
             Mode::Envoy | Mode::EnvoyNoPool | Mode::Haproxy => {

@@ -207,8 +207,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let _ = ctx.hard_stop.send(true);
     if cfg.redirect == redirect::Mode::Nftables {
-        redirect::remove()?;
-        tracing::info!("redirection rules removed");
+        // The rules stay: until a proxy listens again, captured traffic is redirected to
+        // ports nobody listens on and refused — never passed around the mesh. The next proxy
+        // adopts the table; only `ward-proxy uninstall` removes it.
+        tracing::info!("interception rules left in place: captured traffic is refused until a proxy runs again (`ward-proxy uninstall` removes them)");
     }
     // Give relays a moment to observe the stop and flush their access-log lines.
     tokio::time::sleep(Duration::from_millis(100)).await;

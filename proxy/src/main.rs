@@ -120,6 +120,20 @@ fn control_source(args: &Args, address: SocketAddr) -> anyhow::Result<ward_proxy
 }
 
 fn main() -> ExitCode {
+    // `ward-proxy uninstall`: the explicit removal of the interception rules (a stopping proxy
+    // leaves them, so its node stays closed until the next proxy runs).
+    if std::env::args().nth(1).as_deref() == Some("uninstall") {
+        return match ward_proxy::redirect::remove() {
+            Ok(()) => {
+                println!("ward-proxy: interception rules removed (nftables table ip ward)");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("ward-proxy uninstall: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     {
         use tracing_subscriber::layer::SubscriberExt;

@@ -11,8 +11,12 @@
 //!   redirected to the inbound plaintext listener (15006), which refuses it for STRICT workloads.
 //!
 //! Everything lives in one table, `ip ward`, installed atomically (`nft -f`) and idempotently
-//! (the script declares, deletes and re-creates the table), and removed with one `delete
-//! table`, so a stopped proxy leaves the ruleset exactly as it found it. A change of the
+//! (the script declares, deletes and re-creates the table). The table outlives the proxy: a
+//! stopped, crashed or upgrading proxy leaves it in place, so captured traffic keeps going to
+//! the proxy's ports, where nothing listens and connections are refused — the node fails
+//! closed instead of opening — and the next proxy adopts it. Only an explicit uninstall
+//! (`ward-proxy uninstall`, one `delete table`) removes it, leaving the ruleset exactly as it
+//! was before. A change of the
 //! workload set replaces the set's elements in one transaction (flush + add): no packet sees
 //! a half-updated set, and live connections (conntrack-NATed already) are not disturbed.
 
@@ -25,7 +29,7 @@ use crate::socket::PROXY_MARK;
 /// Whether the proxy manages redirection rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Install the `ip ward` nftables table at start; remove it at exit.
+    /// Install (or adopt) the `ip ward` nftables table at start; leave it at exit.
     Nftables,
     /// Leave interception to someone else (tests that only exercise HBONE).
     None,

@@ -1,5 +1,6 @@
-//! Interception rules are removed cleanly, a second start works, and an invalid configuration
-//! update keeps the last good one.
+//! Interception outlives the proxy (a stopped node stays closed, a restart adopts the rules,
+//! only `ward-proxy uninstall` removes them, cleanly), a drain lets live connections finish,
+//! and an invalid configuration update keeps the last good one.
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,8 +19,15 @@ fn rulesets(c: &Cluster) -> Vec<String> {
     out
 }
 
+fn uninstall(c: &Cluster, node: usize) {
+    let proxy = ward_tests::built("ward-proxy", false);
+    let out =
+        must(in_ns(&c.ns(&format!("n{node}")), &proxy.display().to_string()).arg("uninstall"));
+    assert!(out.contains("interception rules removed"), "{out}");
+}
+
 #[test]
-fn rules_are_removed_and_a_restart_works() {
+fn rules_outlive_the_proxy_until_uninstalled_and_a_restart_adopts_them() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new(2, &two_by_two());
     c.start_ca();
@@ -37,17 +45,98 @@ fn rules_are_removed_and_a_restart_works() {
     );
     assert!(c.stop_proxy(1).success());
     assert!(c.stop_proxy(2).success());
-    assert_eq!(
-        rulesets(&c),
-        before,
-        "rules left behind after the proxies stopped"
-    );
-    // A second start works.
+    // Stopped: the rules stay (the node stays closed; see the next test).
+    let after_stop = must(in_ns(&c.ns("n1"), "nft").args(["list", "table", "ip", "ward"]));
+    assert!(after_stop.contains("redirect to :15001"), "{after_stop}");
+    // A restart adopts them and works.
     c.start_proxy(1, &[]);
     c.start_proxy(2, &[]);
     assert_eq!(
         c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
         "200"
+    );
+    // Uninstall (proxies stopped) leaves the ruleset exactly as it was before ward.
+    assert!(c.stop_proxy(1).success());
+    assert!(c.stop_proxy(2).success());
+    uninstall(&c, 1);
+    uninstall(&c, 2);
+    assert_eq!(rulesets(&c), before, "rules left behind after uninstall");
+    // And a start after an uninstall works as a first start.
+    c.start_proxy(1, &[]);
+    c.start_proxy(2, &[]);
+    assert_eq!(
+        c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
+        "200"
+    );
+}
+
+/// A stopped proxy (SIGTERM: a rolling upgrade's first half) must not open its node: while it
+/// is down, plaintext to a STRICT pod and a request its L7 policy denies are both refused;
+/// started again, allowed traffic flows and the policy holds.
+#[test]
+fn a_stopped_proxy_keeps_its_node_closed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Cluster::new(2, &two_by_two());
+    c.web_protocol = "http";
+    c.start_ca();
+    c.write_mesh("");
+    c.write_policy(
+        "deny-admin.yaml",
+        "apiVersion: security.ward.dev/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: shop}\nspec:\n  selector: {matchLabels: {app: web}}\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin\"]}}]}]\n",
+    );
+    c.serve_http("web-2");
+    c.start_proxy(1, &[]);
+    c.start_proxy(2, &[]);
+    let web2 = c.pod("web-2").ip.clone();
+    let n1 = c.ns("n1");
+    let check = |c: &Cluster, what: &str| {
+        // From node-1's own namespace (outside the mesh): plaintext to a STRICT pod.
+        let plain = c
+            .curl_in(&n1, &format!("http://{web2}:8080/plain-{what}"), &[])
+            .0;
+        // From a pod on web-2's own node, and from one on the other node: /admin is denied.
+        let same_node = c
+            .curl("client-2", &format!("http://{web2}:8080/admin"), &[])
+            .0;
+        let other_node = c
+            .curl("client-1", &format!("http://{web2}:8080/admin"), &[])
+            .0;
+        let allowed = c
+            .curl("client-1", &format!("http://{web2}:8080/ok-{what}"), &[])
+            .0;
+        (plain, same_node, other_node, allowed)
+    };
+    assert_eq!(
+        check(&c, "up"),
+        ("000".into(), "403".into(), "403".into(), "200".into())
+    );
+    assert!(c.stop_proxy(2).success());
+    let (plain, same_node, other_node, allowed) = check(&c, "down");
+    assert_eq!(
+        plain, "000",
+        "plaintext reached a STRICT pod while its proxy was down"
+    );
+    assert_eq!(
+        same_node, "000",
+        "a denied request got through while the proxy was down"
+    );
+    assert_eq!(
+        other_node, "000",
+        "a denied request got through while the proxy was down"
+    );
+    assert_eq!(
+        allowed, "000",
+        "nothing is forwarded while the proxy is down"
+    );
+    let seen = c.seen_by("web-2");
+    assert!(
+        !seen.contains("/plain-") && !seen.contains("/admin") && !seen.contains("/ok-down"),
+        "the workload received traffic while its proxy was down:\n{seen}"
+    );
+    c.start_proxy(2, &[]);
+    assert_eq!(
+        check(&c, "again"),
+        ("000".into(), "403".into(), "403".into(), "200".into())
     );
 }
 
