@@ -55,21 +55,20 @@ impl Record {
     }
 }
 
-pub struct AccessLog {
-    /// `None`: access logging is off (`--access-log off`).
-    tx: Option<mpsc::Sender<Record>>,
-    pub dropped: std::sync::Arc<AtomicU64>,
-}
+/// The access log of the process: a [`LogHandle`] every task can clone.
+pub struct AccessLog(LogHandle);
 
 /// A cheap handle to the access log, for records written after the task that started them
 /// has moved on (an HTTP request's line is written when its response body ends).
 #[derive(Clone)]
 pub struct LogHandle {
+    /// `None`: access logging is off (`--access-log off`).
     tx: Option<mpsc::Sender<Record>>,
     dropped: std::sync::Arc<AtomicU64>,
 }
 
 impl LogHandle {
+    /// Queues `rec` without waiting; if the writer has fallen behind, drops and counts it.
     pub fn log(&self, rec: Record) {
         if let Some(tx) = &self.tx {
             if tx.try_send(rec).is_err() {
@@ -100,33 +99,32 @@ impl AccessLog {
                 let _ = out.flush();
             }
         });
-        Self {
-            tx: Some(tx),
-            dropped: std::sync::Arc::new(AtomicU64::new(0)),
-        }
+        Self::with(Some(tx))
     }
 
     /// Access logging off: records are discarded (and not counted as dropped).
     pub fn off() -> Self {
-        Self {
-            tx: None,
+        Self::with(None)
+    }
+
+    fn with(tx: Option<mpsc::Sender<Record>>) -> Self {
+        Self(LogHandle {
+            tx,
             dropped: std::sync::Arc::new(AtomicU64::new(0)),
-        }
+        })
     }
 
     pub fn handle(&self) -> LogHandle {
-        LogHandle {
-            tx: self.tx.clone(),
-            dropped: self.dropped.clone(),
-        }
+        self.0.clone()
     }
 
     pub fn log(&self, rec: Record) {
-        if let Some(tx) = &self.tx {
-            if tx.try_send(rec).is_err() {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        }
+        self.0.log(rec);
+    }
+
+    /// Records dropped so far because the writer fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.0.dropped.load(Ordering::Relaxed)
     }
 }
 

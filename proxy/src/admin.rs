@@ -204,7 +204,7 @@ fn route(ctx: &Ctx, path: &str, port: Port, accept: Option<&str>) -> http::Respo
                 "connections": connections(ctx),
                 "pooledTunnels": ctx.pool.len(),
                 "activeRelays": ctx.active.load(Ordering::Relaxed),
-                "accessLogDropped": ctx.log.dropped.load(Ordering::Relaxed),
+                "accessLogDropped": ctx.log.dropped(),
             });
             reply(200, body.to_string(), "application/json")
         }

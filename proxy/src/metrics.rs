@@ -401,7 +401,7 @@ impl Metrics {
             control.rejected.load(Ordering::Relaxed),
         );
         catch_up(&self.config_updates, *ctx.state.subscribe().borrow());
-        catch_up(&self.log_dropped, ctx.log.dropped.load(Ordering::Relaxed));
+        catch_up(&self.log_dropped, ctx.log.dropped());
         let mut out = String::new();
         if encode(&mut out, &self.registry).is_err() {
             out.clear();

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use ward_tests_fake_apiserver::FakeApiServer;
 
-use crate::client;
-
 /// kubectl: `$KUBECTL`, else `target/tools/kubectl`, else on `PATH`. `scripts/test` installs it (see `.ci/run`).
 fn kubectl() -> PathBuf {
     if let Some(p) = std::env::var_os("KUBECTL") {
@@ -89,55 +87,47 @@ async fn kubectl_apply_is_refused_or_warned_by_the_webhook() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     api.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop", "labels": {"ward.dev/mesh": "enabled"}}}));
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/webhook/ward-policy-validation.yaml"
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
-    api.apply(serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{e}")));
-
-    let args = <ward_control::runtime::Args as clap::Parser>::parse_from([
-        "ward-control",
-        "--instance",
-        "replica-a",
-    ]);
-    let running = ward_control::runtime::start(args, Some(client(&api)))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let webhook = running
-        .webhook
-        .clone()
-        .unwrap_or_else(|| panic!("no webhook"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    api.route_service(
-        "ward-system",
-        "ward-control",
-        listener.local_addr().unwrap_or_else(|e| panic!("{e}")),
-    );
-    tokio::spawn(webhook.serve(listener, std::future::pending()));
-
+    api.apply(crate::webhook_configuration());
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, api.kubeconfig()).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("bad-policy.yaml"), BAD).unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(dir.path().join("no-posts.yaml"), REWRITTEN).unwrap_or_else(|e| panic!("{e}"));
 
-    // Until ward-control has set caBundle, the API server cannot verify the webhook: with
-    // failurePolicy Fail, writes are refused rather than stored unvalidated.
+    let apply = |file: &str| {
+        let path = dir.path().join(file).display().to_string();
+        tokio::task::block_in_place(|| run(&kubeconfig, &["apply", "-f", &path]))
+    };
+
+    // Before any ward-control runs, the API server cannot call the webhook: with the committed
+    // configuration's failurePolicy (Fail), the write is refused rather than stored unvalidated.
+    let unvalidated = apply("bad-policy.yaml");
+    assert_ne!(
+        unvalidated.code, 0,
+        "stored without validation: {}",
+        unvalidated.stdout
+    );
+    assert!(
+        unvalidated.stderr.contains("failed calling webhook"),
+        "{}",
+        unvalidated.stderr
+    );
+    assert!(api
+        .get(
+            "security.ward.dev/v1",
+            "AuthorizationPolicy",
+            "shop",
+            "ssh-off"
+        )
+        .is_none());
+
+    let (running, addr) = crate::start_with_webhook(&api).await;
+    api.route_service("ward-system", "ward-control", addr);
+    // Until ward-control has set caBundle, the call fails (refused the same way); then the
+    // webhook answers.
     let start = Instant::now();
     let bad = loop {
-        let r = tokio::task::block_in_place(|| {
-            run(
-                &kubeconfig,
-                &[
-                    "apply",
-                    "-f",
-                    &dir.path().join("bad-policy.yaml").to_string_lossy(),
-                ],
-            )
-        });
+        let r = apply("bad-policy.yaml");
         if r.stderr.contains("denied the request") {
             break r;
         }
@@ -176,16 +166,7 @@ AuthorizationPolicy shop/ssh-off: policy shop/ssh-off: rules[1].from[0].source.i
         .is_none());
 
     // 2. A policy enforced differently from what it says: stored, and kubectl prints why.
-    let warned = tokio::task::block_in_place(|| {
-        run(
-            &kubeconfig,
-            &[
-                "apply",
-                "-f",
-                &dir.path().join("no-posts.yaml").to_string_lossy(),
-            ],
-        )
-    });
+    let warned = apply("no-posts.yaml");
     assert_eq!(warned.code, 0, "{}", warned.stderr);
     assert_eq!(
         warned.stdout,

@@ -15,6 +15,43 @@ use tokio::sync::{mpsc, watch};
 use ward_control::index::{Index, View};
 use ward_tests_fake_apiserver::FakeApiServer;
 
+/// The ValidatingWebhookConfiguration committed under `deploy/webhook/`.
+pub fn webhook_configuration() -> Value {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/webhook/ward-policy-validation.yaml"
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("deploy/webhook: {e}"))
+}
+
+/// Starts a control component (replica `replica-a`, a 3 s Lease) against `api` and serves its
+/// admission webhook on a loopback port; returns it and that port's address.
+pub async fn start_with_webhook(
+    api: &FakeApiServer,
+) -> (ward_control::runtime::Running, std::net::SocketAddr) {
+    let args = <ward_control::runtime::Args as clap::Parser>::parse_from([
+        "ward-control",
+        "--instance",
+        "replica-a",
+        "--lease-duration",
+        "3",
+    ]);
+    let running = ward_control::runtime::start(args, Some(client(api)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let webhook = running
+        .webhook
+        .clone()
+        .unwrap_or_else(|| panic!("Kubernetes mode serves a webhook"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    tokio::spawn(webhook.serve(listener, std::future::pending()));
+    (running, addr)
+}
+
 /// A kube client for the fake server.
 pub fn client(api: &FakeApiServer) -> kube::Client {
     let url = api.url().parse().unwrap_or_else(|e| panic!("{e}"));

@@ -9,18 +9,7 @@ use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 use ward_tests_fake_apiserver::FakeApiServer;
 
-use crate::client;
-
 const SERVER_NAME: &str = "ward-control.ward-system.svc";
-
-fn configuration() -> Value {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../deploy/webhook/ward-policy-validation.yaml"
-    ))
-    .unwrap_or_else(|e| panic!("{e}"));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("deploy/webhook: {e}"))
-}
 
 fn ca_bundle(api: &FakeApiServer) -> Option<String> {
     let o = api.get(
@@ -139,31 +128,13 @@ async fn the_webhook_over_tls_with_the_ca_bundle_it_maintains() {
     let api = FakeApiServer::start("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    api.apply(configuration());
+    api.apply(crate::webhook_configuration());
     assert_eq!(
         ca_bundle(&api),
         None,
         "the committed configuration leaves caBundle to ward-control"
     );
-    let args = <ward_control::runtime::Args as clap::Parser>::parse_from([
-        "ward-control",
-        "--instance",
-        "replica-a",
-        "--lease-duration",
-        "3",
-    ]);
-    let running = ward_control::runtime::start(args, Some(client(&api)))
-        .await
-        .unwrap_or_else(|e| panic!("{e:#}"));
-    let webhook = running
-        .webhook
-        .clone()
-        .unwrap_or_else(|| panic!("Kubernetes mode serves a webhook"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
-    tokio::spawn(webhook.serve(listener, std::future::pending()));
+    let (running, addr) = crate::start_with_webhook(&api).await;
 
     // The leader sets caBundle to ward's trust bundle (the root the control component made).
     let start = Instant::now();
@@ -384,7 +355,7 @@ async fn the_webhook_over_tls_with_the_ca_bundle_it_maintains() {
     assert_eq!(code, 404);
 
     // 6. A Helm upgrade that resets caBundle: it is set again.
-    api.apply(configuration());
+    api.apply(crate::webhook_configuration());
     assert_eq!(ca_bundle(&api), None);
     let start = Instant::now();
     while ca_bundle(&api).as_deref() != Some(bundle.as_str()) {

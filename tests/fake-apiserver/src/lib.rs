@@ -1015,16 +1015,22 @@ struct Managed {
 /// The leaf paths of a value (objects recursed; lists and scalars are leaves), as
 /// server-side apply tracks ownership (simplified: a list is one field).
 fn leaf_paths(v: &Value) -> std::collections::BTreeSet<Vec<String>> {
+    leaves(v, str::to_owned)
+}
+
+/// The leaf paths of `v`, each key mapped by `key`.
+fn leaves(v: &Value, key: fn(&str) -> String) -> std::collections::BTreeSet<Vec<String>> {
     fn walk(
         v: &Value,
+        key: fn(&str) -> String,
         prefix: &mut Vec<String>,
         out: &mut std::collections::BTreeSet<Vec<String>>,
     ) {
         match v.as_object() {
             Some(m) if !m.is_empty() => {
                 for (k, x) in m {
-                    prefix.push(k.clone());
-                    walk(x, prefix, out);
+                    prefix.push(key(k));
+                    walk(x, key, prefix, out);
                     prefix.pop();
                 }
             }
@@ -1035,7 +1041,7 @@ fn leaf_paths(v: &Value) -> std::collections::BTreeSet<Vec<String>> {
         }
     }
     let mut out = std::collections::BTreeSet::new();
-    walk(v, &mut Vec::new(), &mut out);
+    walk(v, key, &mut Vec::new(), &mut out);
     out
 }
 
@@ -1059,28 +1065,7 @@ fn to_fields_v1(paths: &std::collections::BTreeSet<Vec<String>>) -> Value {
 }
 
 fn from_fields_v1(v: &Value) -> std::collections::BTreeSet<Vec<String>> {
-    fn walk(
-        v: &Value,
-        prefix: &mut Vec<String>,
-        out: &mut std::collections::BTreeSet<Vec<String>>,
-    ) {
-        match v.as_object() {
-            Some(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    prefix.push(k.trim_start_matches("f:").to_owned());
-                    walk(x, prefix, out);
-                    prefix.pop();
-                }
-            }
-            _ if !prefix.is_empty() => {
-                out.insert(prefix.clone());
-            }
-            _ => {}
-        }
-    }
-    let mut out = std::collections::BTreeSet::new();
-    walk(v, &mut Vec::new(), &mut out);
-    out
+    leaves(v, |k| k.trim_start_matches("f:").to_owned())
 }
 
 fn managed_fields(o: &Value) -> Vec<Managed> {

@@ -41,8 +41,8 @@ fn prometheus() -> &'static str {
     panic!("prometheus not found: apt-get install -y prometheus (.ci/run installs it)");
 }
 
-/// Runs a PromQL instant query in the control namespace; the single result's value.
-fn query(c: &Cluster, promql: &str) -> Option<f64> {
+/// Runs a PromQL instant query in the control namespace: Prometheus's JSON answer.
+fn prom(c: &Cluster, promql: &str) -> Result<serde_json::Value, String> {
     let o = run(in_ns(&c.ns("ctl"), "curl").args([
         "-s",
         "--max-time",
@@ -51,7 +51,13 @@ fn query(c: &Cluster, promql: &str) -> Option<f64> {
         &format!("query={promql}"),
         "http://127.0.0.1:9090/api/v1/query",
     ]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).ok()?;
+    serde_json::from_slice(&o.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&o.stdout)))
+}
+
+/// The value of a query's single result.
+fn query(c: &Cluster, promql: &str) -> Option<f64> {
+    let v = prom(c, promql).ok()?;
     let result = v["data"]["result"].as_array()?;
     if result.len() != 1 {
         return None;
@@ -59,17 +65,9 @@ fn query(c: &Cluster, promql: &str) -> Option<f64> {
     result[0]["value"][1].as_str()?.parse().ok()
 }
 
-/// Runs a PromQL query; `Err` with Prometheus's error if it does not evaluate.
+/// `Err` with Prometheus's error if `promql` does not evaluate.
 fn evaluates(c: &Cluster, promql: &str) -> Result<(), String> {
-    let o = run(in_ns(&c.ns("ctl"), "curl").args([
-        "-s",
-        "--max-time",
-        "3",
-        "--data-urlencode",
-        &format!("query={promql}"),
-        "http://127.0.0.1:9090/api/v1/query",
-    ]));
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).map_err(|e| e.to_string())?;
+    let v = prom(c, promql)?;
     if v["status"] == "success" {
         Ok(())
     } else {
@@ -311,13 +309,9 @@ fn prometheus_sees_exactly_the_traffic() {
         r#"sum(ward_tls_handshake_failures_total{instance="10.77.0.2:15020",direction="inbound"})"#,
         2.0,
     );
-    let reasons = run(in_ns(&ctl, "curl").args([
-        "-s",
-        "--data-urlencode",
-        "query=ward_tls_handshake_failures_total",
-        "http://127.0.0.1:9090/api/v1/query",
-    ]));
-    let reasons = String::from_utf8_lossy(&reasons.stdout).into_owned();
+    let reasons = prom(&c, "ward_tls_handshake_failures_total")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .to_string();
     assert!(
         reasons.contains(r#""reason":"no_client_certificate""#),
         "{reasons}"
