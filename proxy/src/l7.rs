@@ -104,15 +104,11 @@ impl Drop for Counted {
 /// Largest chunked request body buffered before forwarding.
 const MAX_BUFFERED_BODY: usize = 4 * 1024 * 1024;
 
-/// Per-status request counters and the upstream pool.
+/// L7 settings and the upstream pool (request counts live in [`crate::metrics`]).
 #[derive(Default)]
 pub struct L7 {
     pub allow_ambiguous_paths: bool,
     clients: Mutex<HashMap<(SocketAddr, bool), Upstream>>,
-    /// Requests by response status.
-    pub requests: Mutex<HashMap<u16, u64>>,
-    /// Sum of request durations (µs), for the mean.
-    pub duration_us: AtomicU64,
 }
 
 impl L7 {
@@ -136,17 +132,6 @@ impl L7 {
                     .build(TargetConnector(target))
             })
             .clone()
-    }
-
-    fn count(&self, status: u16, took: Duration) {
-        *self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(status)
-            .or_default() += 1;
-        self.duration_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 }
 
@@ -291,7 +276,6 @@ async fn handle(
     // request when its response headers are ready.
     let finish = |ctx: &Ctx, mut rec: Record, resp: http::Response<Body>| {
         rec.reason = format!("{} -> {}", rec.reason, resp.status().as_u16());
-        ctx.l7.count(resp.status().as_u16(), started.elapsed());
         ctx.metrics
             .request(&caller.labels, resp.status().as_u16(), started.elapsed());
         let log = ctx.log.handle();
