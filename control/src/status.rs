@@ -79,6 +79,12 @@ impl StatusWriter {
                 return;
             }
             let states = self.policies.borrow_and_update().clone();
+            // Forget what was written for policies that are gone.
+            let live: std::collections::HashSet<&str> = states
+                .iter()
+                .filter_map(|s| s.object.uid.as_deref())
+                .collect();
+            self.written.retain(|uid, _| live.contains(uid.as_str()));
             let mut failed = false;
             for s in states.iter() {
                 if !*self.leader.borrow() {
