@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 
 mod ca;
 mod cert;
+mod demo;
 mod policy;
 
 #[derive(Parser)]
@@ -37,6 +38,13 @@ enum Command {
     /// Print ward's CustomResourceDefinitions (AuthorizationPolicy, PeerAuthentication in
     /// security.ward.dev/v1), generated from their Rust types.
     Crds,
+    /// A zero-trust mesh on this machine, no Kubernetes needed: two nodes of network
+    /// namespaces, the control component, a proxy per node, sample workloads and policies, and
+    /// a scripted tour of allowed and denied calls (root).
+    Demo(demo::DemoArgs),
+    /// The demo's sample workloads and client (run inside the demo's pods).
+    #[command(subcommand, hide = true)]
+    DemoWorkload(demo::workload::WorkloadCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +53,8 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Cert(cmd) => cert::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoWorkload(cmd) => demo::workload::run(cmd),
         Command::Crds => ward_lib_crds::crds_yaml()
             .map(|y| {
                 print!("{y}");

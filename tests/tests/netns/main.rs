@@ -4,6 +4,7 @@
 
 mod control;
 mod datapath;
+mod demo;
 mod hostile;
 mod interop;
 mod l7;
