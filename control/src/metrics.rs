@@ -203,7 +203,7 @@ impl Metrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` forever.
+/// Serves `GET /metrics`, `/healthz` and `/ready` on `listener` forever.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Metrics,
@@ -221,6 +221,14 @@ pub async fn serve(
         tokio::spawn(async move {
             let svc =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    // Probes: `/healthz` answers while the process serves; `/ready` only once
+                    // every watch has delivered its initial state (before that the replica
+                    // serves proxies nothing, so it should get no traffic).
+                    let probe = match req.uri().path() {
+                        "/healthz" => Some(true),
+                        "/ready" => Some(views.borrow().synced),
+                        _ => None,
+                    };
                     let body = if req.uri().path() == "/metrics" {
                         let accept = req
                             .headers()
@@ -234,11 +242,21 @@ pub async fn serve(
                         None
                     };
                     async move {
-                        let resp = match body {
-                            Some((b, content_type)) => http::Response::builder()
+                        let resp = match (probe, body) {
+                            (Some(true), _) => http::Response::builder().body(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
+                            ),
+                            (Some(false), _) => {
+                                http::Response::builder()
+                                    .status(503)
+                                    .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"not synced: waiting for the initial state of every watch\n",
+                                )))
+                            }
+                            (None, Some((b, content_type))) => http::Response::builder()
                                 .header("content-type", content_type)
                                 .body(http_body_util::Full::new(bytes::Bytes::from(b))),
-                            None => http::Response::builder().status(404).body(
+                            (None, None) => http::Response::builder().status(404).body(
                                 http_body_util::Full::new(bytes::Bytes::from_static(
                                     b"not found\n",
                                 )),
@@ -251,5 +269,52 @@ pub async fn serve(
                 .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::watch;
+
+    use crate::index::View;
+
+    async fn status_of(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let req = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out).await;
+        out.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn ready_only_once_every_watch_has_synced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+        let (views_tx, views) = watch::channel(Arc::new(View::default()));
+        let (_policies_tx, policies) = watch::channel(Arc::new(Vec::new()));
+        tokio::spawn(super::serve(
+            listener,
+            super::Metrics::default(),
+            views,
+            policies,
+        ));
+        assert_eq!(status_of(addr, "/healthz").await, "HTTP/1.1 200 OK");
+        assert_eq!(
+            status_of(addr, "/ready").await,
+            "HTTP/1.1 503 Service Unavailable"
+        );
+        views_tx.send_modify(|v| Arc::make_mut(v).synced = true);
+        assert_eq!(status_of(addr, "/ready").await, "HTTP/1.1 200 OK");
+        assert_eq!(status_of(addr, "/nope").await, "HTTP/1.1 404 Not Found");
     }
 }

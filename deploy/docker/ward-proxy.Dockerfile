@@ -3,7 +3,7 @@
 #   docker build -f deploy/docker/ward-proxy.Dockerfile -t ward-proxy .
 # It programs nftables (the `nft` binary) in the node's network namespace, so the runtime
 # image carries nftables and runs as root with only the capabilities the chart grants
-# (NET_ADMIN, NET_RAW); its root filesystem can be read-only.
+# (NET_ADMIN: deploy/helm/ward); its root filesystem can be read-only.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .

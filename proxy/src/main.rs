@@ -21,9 +21,11 @@ struct Args {
     /// This node's name, as in the mesh configuration.
     #[arg(long)]
     node: String,
-    /// Address of the control component (xDS stream and CA, port 15012).
+    /// Address of the control component (xDS stream and CA, port 15012): `IP:PORT`, or
+    /// `HOST:PORT` (in Kubernetes its Service's DNS name, resolved once at start: a
+    /// ClusterIP does not change while the Service exists).
     #[arg(long, conflicts_with = "config", required_unless_present = "config")]
-    control: Option<SocketAddr>,
+    control: Option<String>,
     /// The control component's identity (namespace/service-account).
     #[arg(long, default_value = "ward-system/ward-control")]
     control_identity: String,
@@ -119,6 +121,38 @@ fn control_source(args: &Args, address: SocketAddr) -> anyhow::Result<ward_proxy
     })
 }
 
+/// `--control` as a socket address: an `IP:PORT` as it is; a `HOST:PORT` looked up, retried
+/// every 2 s while DNS has no answer (at node boot the cluster DNS may not run yet; until the
+/// proxy has a configuration its node stays closed, so waiting is safe).
+fn resolve(address: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    if let Ok(a) = address.parse() {
+        return Ok(a);
+    }
+    let (host, port) = address
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        .ok_or_else(|| anyhow::anyhow!("--control {address:?}: expected IP:PORT or HOST:PORT"))?;
+    loop {
+        match (host, port.parse::<u16>().unwrap_or(15012)).to_socket_addrs() {
+            Ok(mut addrs) => {
+                if let Some(a) = addrs.next() {
+                    tracing::info!(control = address, resolved = %a, "control component address");
+                    return Ok(a);
+                }
+                tracing::warn!(
+                    control = address,
+                    "no address for the control component yet; retrying in 2 s"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(control = address, error = %e, "cannot resolve the control component yet; retrying in 2 s");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
+
 fn main() -> ExitCode {
     // `ward-proxy uninstall`: the explicit removal of the interception rules (a stopping proxy
     // leaves them, so its node stays closed until the next proxy runs).
@@ -159,9 +193,9 @@ fn main() -> ExitCode {
             }),
         );
     }
-    let source = match (&args.config, args.control) {
+    let source = match (&args.config, &args.control) {
         (Some(path), _) => ward_proxy::Source::File(path.clone()),
-        (None, Some(address)) => match control_source(&args, address) {
+        (None, Some(address)) => match resolve(address).and_then(|a| control_source(&args, a)) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("ward-proxy: {e:#}");

@@ -1,6 +1,6 @@
 //! ward's custom resources, `security.ward.dev/v1`: `AuthorizationPolicy` (Istio's schema,
 //! field for field) and `PeerAuthentication`, as Rust types from which the CRDs are generated
-//! (`ward crds`; the copies in `deploy/crds/` are checked equal by a test).
+//! (`ward crds`; the copy in the Helm chart, `deploy/helm/ward/crds/`, linked from `deploy/crds/`, is checked equal by a test).
 //!
 //! The schemas are precise enough that the API server itself refuses most malformed policies
 //! before anything of ward sees them: enums for actions and modes, patterns for ports and

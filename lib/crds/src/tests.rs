@@ -70,7 +70,7 @@ fn generated_crds_equal_the_committed_copies() {
     let generated = crds_yaml().unwrap_or_else(|e| panic!("{e}"));
     assert!(
         committed == generated,
-        "{} is not what `ward crds` generates; regenerate it: cargo run -p ward-cli -- crds > deploy/crds/ward-crds.yaml",
+        "{} is not what `ward crds` generates; regenerate it: cargo run -p ward-cli -- crds > deploy/helm/ward/crds/ward-crds.yaml (deploy/crds/ links to it)",
         path.display()
     );
 }
