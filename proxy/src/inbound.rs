@@ -111,6 +111,36 @@ fn hbone_acceptor(
     }
 }
 
+/// Why a tunnel request was refused before any configuration was consulted.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// Bounded reason (a metric label).
+    pub why: &'static str,
+    /// The access log's words.
+    pub reason: String,
+}
+
+/// The target of an HBONE request: it must be `CONNECT` to an `ip:port` authority (names are
+/// never resolved here — the caller's proxy chose the address). Pure, so it can be fuzzed.
+pub fn connect_target<B>(req: &http::Request<B>) -> Result<SocketAddr, Refusal> {
+    if req.method() != http::Method::CONNECT {
+        return Err(Refusal {
+            status: StatusCode::BAD_REQUEST,
+            why: "not_connect",
+            reason: format!("method {} is not CONNECT", req.method()),
+        });
+    }
+    req.uri()
+        .authority()
+        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
+        .ok_or_else(|| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            why: "bad_authority",
+            reason: format!("authority {:?} is not ip:port", req.uri().to_string()),
+        })
+}
+
 /// One CONNECT stream: answered (and logged) here; an accepted one is relayed on this task.
 pub(crate) async fn connect_stream(
     ctx: Arc<Ctx>,
@@ -142,31 +172,9 @@ pub(crate) async fn connect_stream(
         let code = StatusCode::SERVICE_UNAVAILABLE;
         return refuse(&ctx, rec, respond, code, "draining", reason);
     }
-    if req.method() != http::Method::CONNECT {
-        let reason = format!("method {} is not CONNECT", req.method());
-        return refuse(
-            &ctx,
-            rec,
-            respond,
-            StatusCode::BAD_REQUEST,
-            "not_connect",
-            reason,
-        );
-    }
-    let Some(target) = req
-        .uri()
-        .authority()
-        .and_then(|a| a.as_str().parse::<SocketAddr>().ok())
-    else {
-        let reason = format!("authority {:?} is not ip:port", req.uri().to_string());
-        return refuse(
-            &ctx,
-            rec,
-            respond,
-            StatusCode::BAD_REQUEST,
-            "bad_authority",
-            reason,
-        );
+    let target = match connect_target(&req) {
+        Ok(t) => t,
+        Err(r) => return refuse(&ctx, rec, respond, r.status, r.why, r.reason),
     };
     rec.dst = target.to_string();
     let Some(snap) = ctx.state.snapshot() else {
