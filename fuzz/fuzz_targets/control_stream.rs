@@ -4,12 +4,13 @@
 //! whole or refused with a reason, and a refused push changes nothing held.
 #![no_main]
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+#[path = "common.rs"]
+mod common;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+use std::collections::BTreeMap;
 use ward_lib_api::control as pb;
 use ward_lib_api::resources::{content_version, MESH_CONFIG, MESH_NAME, POLICY, SERVICE, WORKLOAD};
 use ward_lib_api::xds::{DeltaDiscoveryResponse, Resource};
@@ -57,16 +58,6 @@ struct Response {
     type_index: u8,
     resources: Vec<(String, Payload)>,
     removed: Vec<String>,
-}
-
-fn root_pem() -> &'static str {
-    static R: OnceLock<String> = OnceLock::new();
-    R.get_or_init(|| {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.self_signed(&key).unwrap().pem()
-    })
 }
 
 fn encode(p: Payload) -> Vec<u8> {
@@ -127,7 +118,7 @@ fn encode(p: Payload) -> Vec<u8> {
             trust_domain_aliases: aliases,
             root_namespace,
             roots_pem: if valid_roots {
-                root_pem().to_owned()
+                common::root_pem().to_owned()
             } else {
                 String::new()
             },
@@ -189,7 +180,7 @@ fn initial() -> Vec<DeltaDiscoveryResponse> {
                     trust_domain: "cluster.local".into(),
                     trust_domain_aliases: vec![],
                     root_namespace: "ward-system".into(),
-                    roots_pem: root_pem().to_owned(),
+                    roots_pem: common::root_pem().to_owned(),
                 }
                 .encode_to_vec(),
             )],

@@ -3,20 +3,11 @@
 //! (A malformed bundle is the CA's and identity crate's parser: the `svid` target.)
 #![no_main]
 
-use std::sync::OnceLock;
+#[path = "common.rs"]
+mod common;
 
 use libfuzzer_sys::fuzz_target;
 use ward_lib_api::config::{MeshFile, Snapshot};
-
-fn bundle_pem() -> &'static str {
-    static B: OnceLock<String> = OnceLock::new();
-    B.get_or_init(|| {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut params = rcgen::CertificateParams::default();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.self_signed(&key).unwrap().pem()
-    })
-}
 
 fuzz_target!(|data: &[u8]| {
     // The mesh file, then (after a NUL byte) a policy file.
@@ -32,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let _ = Snapshot::build(
         file,
-        bundle_pem(),
+        common::root_pem(),
         &[("policies/fuzz.yaml".into(), policy.to_owned())],
         "fuzz".into(),
     );

@@ -190,6 +190,11 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(10))
         .max_buf_size(64 * 1024)
+        // A client may send its request and shut its write side (HTTP/1.1 allows it; `nc -N`,
+        // socat at end of input): its response is still owed. Without this, hyper treats
+        // the read EOF as the connection's end and drops the response — after the request
+        // was already forwarded to the workload.
+        .half_close(true)
         .keep_alive(true);
     builder
         .http2()

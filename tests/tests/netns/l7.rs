@@ -206,3 +206,62 @@ fn malformed_http_gets_400_and_never_reaches_the_workload() {
         "{seen}"
     );
 }
+
+/// A client that sends its request and then shuts its write side (socat on end of input,
+/// `printf … | nc -N`) still gets its response, and each request has its access-log line
+/// with bytes and duration.
+#[test]
+fn half_closed_http1_clients_get_their_responses_and_log_lines() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let c = cluster();
+    let web2 = c.pod("web-2").ip.clone();
+    let ns = c.pod("client-1").netns.clone();
+    for i in 1..=3 {
+        let file = c.path("half.txt");
+        std::fs::write(
+            &file,
+            format!("GET /half-{i} HTTP/1.1\r\nHost: web\r\nUser-Agent: half-close\r\n\r\n"),
+        )
+        .unwrap();
+        // socat shuts its write side at the end of its input, then waits up to 3 s for the
+        // response.
+        let o = run(in_ns(&ns, "sh").args([
+            "-c",
+            &format!("socat -t 3 - TCP:{web2}:8080 < {}", file.display()),
+        ]));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.starts_with("HTTP/1.1 200"),
+            "request {i}: no response to a half-closed client: {out:?}"
+        );
+        assert!(out.contains(&format!("web-2 GET /half-{i} 0")), "{out:?}");
+    }
+    // Each request's line, with the response's bytes, written when its response ended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let records: Vec<_> = c
+            .access_log(2)
+            .into_iter()
+            .filter(|r| {
+                r["direction"] == "inbound-http"
+                    && r["reason"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("GET /half-"))
+            })
+            .collect();
+        if records.len() == 3 {
+            for r in &records {
+                assert_eq!(r["decision"], "allow", "{r}");
+                assert!(r["reason"].as_str().unwrap().ends_with("-> 200"), "{r}");
+                assert!(r["bytes_sent"].as_u64().unwrap() > 0, "no bytes: {r}");
+                assert!(r.get("duration_ms").is_some(), "{r}");
+            }
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected 3 access-log lines, got {records:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
