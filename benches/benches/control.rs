@@ -62,6 +62,7 @@ fn workload(i: usize, rev: usize) -> Encoded {
             port: 8080,
             protocol: pb::PortProtocol::Http as i32,
         }],
+        allow_non_tcp: false,
     };
     Encoded::new(format!("ns-{}/pod-{i}", i % 100), WORKLOAD, &w)
 }

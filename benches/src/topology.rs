@@ -289,7 +289,11 @@ impl Bench {
             .filter(|p| p.spec.node == 1)
             .map(|p| p.ip.parse())
             .collect::<Result<Vec<std::net::IpAddr>, _>>()?;
-        let script = ward_proxy::redirect::ruleset(&pods, 15001, 15006);
+        let capture = ward_proxy::redirect::Capture {
+            pods,
+            closed: Vec::new(),
+        };
+        let script = ward_proxy::redirect::ruleset(&capture, 15001, 15006);
         let path = self.c.path("intercept.nft");
         std::fs::write(&path, script)?;
         must(in_ns(&self.c.ns("n1"), "nft").arg("-f").arg(&path));

@@ -306,7 +306,18 @@ pub fn namespace(n: &Namespace) -> NamespaceInfo {
     NamespaceInfo {
         name: n.name_any(),
         enrolled: n.labels().get(MESH_LABEL).is_some_and(|v| v == "enabled"),
+        allow_non_tcp: allows_non_tcp(n.annotations()),
     }
+}
+
+/// Annotation `ward.dev/allow-non-tcp: "true"` (on a namespace or a pod): non-TCP traffic may
+/// reach the STRICT workloads it covers. Any other value, or none, keeps it dropped.
+pub const ALLOW_NON_TCP_ANNOTATION: &str = "ward.dev/allow-non-tcp";
+
+fn allows_non_tcp(annotations: &std::collections::BTreeMap<String, String>) -> bool {
+    annotations
+        .get(ALLOW_NON_TCP_ANNOTATION)
+        .is_some_and(|v| v == "true")
 }
 
 /// A pod reduced to the model. Opting out: label or annotation `ward.dev/mesh: disabled`, or
@@ -345,6 +356,7 @@ pub fn pod(p: &Pod) -> PodInfo {
             || spec.and_then(|s| s.host_network).unwrap_or(false),
         terminated: matches!(phase, Some("Succeeded" | "Failed")),
         declared_ports: Vec::new(),
+        allow_non_tcp: allows_non_tcp(p.annotations()),
     }
 }
 
@@ -575,6 +587,43 @@ async fn publish_roots(client: &kube::Client, namespace: &str, name: &str, roots
         }
         Err(e) => {
             tracing::error!(configmap = %format!("{namespace}/{name}"), error = %e, "publishing the trust bundle failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+
+    fn with_annotation<T: kube::Resource + Default>(value: Option<&str>) -> T {
+        let mut o = T::default();
+        o.meta_mut().name = Some("x".into());
+        o.meta_mut().namespace = Some("shop".into());
+        if let Some(v) = value {
+            o.meta_mut().annotations =
+                Some([(super::ALLOW_NON_TCP_ANNOTATION.to_owned(), v.to_owned())].into());
+        }
+        o
+    }
+
+    #[test]
+    fn non_tcp_is_allowed_only_by_the_annotation_set_to_true() {
+        for (value, allowed) in [
+            (Some("true"), true),
+            (Some("yes"), false),
+            (Some("True"), false),
+            (None, false),
+        ] {
+            assert_eq!(
+                super::pod(&with_annotation::<Pod>(value)).allow_non_tcp,
+                allowed,
+                "pod {value:?}"
+            );
+            assert_eq!(
+                super::namespace(&with_annotation::<Namespace>(value)).allow_non_tcp,
+                allowed,
+                "namespace {value:?}"
+            );
         }
     }
 }

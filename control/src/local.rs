@@ -347,6 +347,8 @@ fn mesh_events(file: &MeshFile, bundle: &str) -> Vec<Event> {
             .map(|n| NamespaceInfo {
                 name: n.to_owned(),
                 enrolled: true,
+                // Locally the allowance is per workload (`allowNonTcp` in the mesh file).
+                allow_non_tcp: false,
             })
             .collect(),
     ));
@@ -361,6 +363,7 @@ fn mesh_events(file: &MeshFile, bundle: &str) -> Vec<Event> {
                 labels: w.labels.clone(),
                 opted_out: false,
                 terminated: false,
+                allow_non_tcp: w.allow_non_tcp,
                 declared_ports: w
                     .ports
                     .iter()

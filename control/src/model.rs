@@ -48,6 +48,8 @@ pub struct NodeInfo {
 pub struct NamespaceInfo {
     pub name: String,
     pub enrolled: bool,
+    /// `ward.dev/allow-non-tcp: "true"`: non-TCP traffic may reach its STRICT workloads.
+    pub allow_non_tcp: bool,
 }
 
 /// A pod, reduced to what the mesh needs.
@@ -68,6 +70,9 @@ pub struct PodInfo {
     /// Port protocols declared on the pod itself (local mode); Kubernetes declares them on
     /// Services (`appProtocol`, port names), which reach the pod through endpoint slices.
     pub declared_ports: Vec<(u16, PortProtocol)>,
+    /// `ward.dev/allow-non-tcp: "true"` on the pod (or, locally, `allowNonTcp` in the mesh
+    /// file): non-TCP traffic may reach it even when STRICT.
+    pub allow_non_tcp: bool,
 }
 
 /// A service port.

@@ -37,6 +37,7 @@ enum Payload {
         node_address: Vec<u8>,
         labels: BTreeMap<String, String>,
         ports: Vec<(u32, i32)>,
+        allow_non_tcp: bool,
     },
     Service {
         namespace: String,
@@ -72,6 +73,7 @@ fn encode(p: Payload) -> Vec<u8> {
             node_address,
             labels,
             ports,
+            allow_non_tcp,
         } => pb::Workload {
             namespace,
             name,
@@ -84,6 +86,7 @@ fn encode(p: Payload) -> Vec<u8> {
                 .into_iter()
                 .map(|(port, protocol)| pb::WorkloadPort { port, protocol })
                 .collect(),
+            allow_non_tcp,
         }
         .encode_to_vec(),
         Payload::Service {
@@ -166,6 +169,7 @@ fn initial() -> Vec<DeltaDiscoveryResponse> {
                 node_address: vec![10, 0, 0, 1],
                 labels: [("app".to_string(), name.to_string())].into(),
                 ports: vec![],
+                allow_non_tcp: false,
             }
             .encode_to_vec(),
         )

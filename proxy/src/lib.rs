@@ -221,24 +221,31 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 /// set up to date with this node's workloads, and re-authorize live connections.
 async fn on_config_change(ctx: Arc<Ctx>, cfg: Config) {
     let mut changes = ctx.state.subscribe();
-    let mut installed: Option<Vec<std::net::IpAddr>> = None;
+    let mut installed: Option<redirect::Capture> = None;
     loop {
         if let Some(snap) = ctx.state.snapshot() {
             if cfg.redirect == redirect::Mode::Nftables {
-                let pods = snap.local_addresses(&ctx.state.node);
-                if installed.as_ref() != Some(&pods) {
+                let capture = redirect::Capture {
+                    pods: snap.local_addresses(&ctx.state.node),
+                    closed: snap.local_closed_to_non_tcp(&ctx.state.node),
+                };
+                if installed.as_ref() != Some(&capture) {
                     let result = match installed {
                         None => redirect::install(
-                            &pods,
+                            &capture,
                             cfg.outbound.port(),
                             cfg.inbound_plaintext.port(),
                         ),
-                        Some(_) => redirect::update(&pods),
+                        Some(_) => redirect::update(&capture),
                     };
                     match result {
                         Ok(()) => {
-                            tracing::info!(captured = pods.len(), "interception rules up to date");
-                            installed = Some(pods);
+                            tracing::info!(
+                                captured = capture.pods.len(),
+                                closed_to_non_tcp = capture.closed.len(),
+                                "interception rules up to date"
+                            );
+                            installed = Some(capture);
                         }
                         Err(e) => tracing::error!(error = %e, "installing interception rules"),
                     }

@@ -8,7 +8,11 @@
 //! - traffic from a captured pod to addresses of the node itself returns untouched;
 //! - other TCP from a captured pod is redirected to the outbound listener (15001);
 //! - TCP *to* a captured pod from elsewhere (plaintext that did not come through a tunnel) is
-//!   redirected to the inbound plaintext listener (15006), which refuses it for STRICT workloads.
+//!   redirected to the inbound plaintext listener (15006), which refuses it for STRICT workloads;
+//! - non-TCP traffic (UDP, ICMP, …) *to* a STRICT pod is dropped in `forward` (a second set,
+//!   `closed`): the proxy cannot authenticate it, so it must not arrive — unless the operator
+//!   allowed it for that workload (`ward.dev/allow-non-tcp`), or it answers the pod's own
+//!   traffic (conntrack: DNS replies, ICMP errors about its connections).
 //!
 //! Everything lives in one table, `ip ward`, installed atomically (`nft -f`) and idempotently
 //! (the script declares, deletes and re-creates the table). The table outlives the proxy: a
@@ -37,16 +41,29 @@ pub enum Mode {
 
 const TABLE: &str = "ward";
 const SET: &str = "pods";
+const CLOSED: &str = "closed";
 
-/// The nft script that (re)creates the table, capturing `pods`.
-pub fn ruleset(pods: &[IpAddr], outbound_port: u16, inbound_plaintext_port: u16) -> String {
+/// What the table captures: every local workload address (`pods`), and those that non-TCP
+/// traffic must not reach (`closed`: STRICT, non-TCP not allowed).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Capture {
+    pub pods: Vec<IpAddr>,
+    pub closed: Vec<IpAddr>,
+}
+
+/// The nft script that (re)creates the table for `capture`.
+pub fn ruleset(capture: &Capture, outbound_port: u16, inbound_plaintext_port: u16) -> String {
     format!(
         "table ip {TABLE}\n\
          delete table ip {TABLE}\n\
          table ip {TABLE} {{\n\
          \tset {SET} {{\n\
          \t\ttype ipv4_addr\n\
-         {elements}\
+         {pods}\
+         \t}}\n\
+         \tset {CLOSED} {{\n\
+         \t\ttype ipv4_addr\n\
+         {closed}\
          \t}}\n\
          \tchain prerouting {{\n\
          \t\ttype nat hook prerouting priority dstnat - 10; policy accept;\n\
@@ -55,17 +72,26 @@ pub fn ruleset(pods: &[IpAddr], outbound_port: u16, inbound_plaintext_port: u16)
          \t\tip saddr @{SET} meta l4proto tcp redirect to :{outbound_port}\n\
          \t\tip daddr @{SET} meta l4proto tcp redirect to :{inbound_plaintext_port}\n\
          \t}}\n\
+         \tchain forward {{\n\
+         \t\ttype filter hook forward priority filter - 10; policy accept;\n\
+         \t\tip daddr @{CLOSED} meta l4proto != tcp ct state established,related accept\n\
+         \t\tip daddr @{CLOSED} meta l4proto != tcp counter drop\n\
+         \t}}\n\
          }}\n",
-        elements = elements_line(pods),
+        pods = elements_line(&capture.pods),
+        closed = elements_line(&capture.closed),
     )
 }
 
-/// The script that replaces the captured set in one transaction.
-pub fn set_update(pods: &[IpAddr]) -> String {
-    let mut s = format!("flush set ip {TABLE} {SET}\n");
-    let v4 = v4_list(pods);
-    if !v4.is_empty() {
-        s.push_str(&format!("add element ip {TABLE} {SET} {{ {v4} }}\n"));
+/// The script that replaces both sets in one transaction.
+pub fn set_update(capture: &Capture) -> String {
+    let mut s = String::new();
+    for (set, ips) in [(SET, &capture.pods), (CLOSED, &capture.closed)] {
+        s.push_str(&format!("flush set ip {TABLE} {set}\n"));
+        let v4 = v4_list(ips);
+        if !v4.is_empty() {
+            s.push_str(&format!("add element ip {TABLE} {set} {{ {v4} }}\n"));
+        }
     }
     s
 }
@@ -87,20 +113,20 @@ fn elements_line(pods: &[IpAddr]) -> String {
     }
 }
 
-/// Installs (or replaces) the table, capturing `pods`.
+/// Installs (or replaces) the table for `capture`.
 pub fn install(
-    pods: &[IpAddr],
+    capture: &Capture,
     outbound_port: u16,
     inbound_plaintext_port: u16,
 ) -> anyhow::Result<()> {
-    warn_unsupported(pods);
-    nft_script(&ruleset(pods, outbound_port, inbound_plaintext_port))
+    warn_unsupported(&capture.pods);
+    nft_script(&ruleset(capture, outbound_port, inbound_plaintext_port))
 }
 
-/// Replaces the set of captured addresses (the table must be installed).
-pub fn update(pods: &[IpAddr]) -> anyhow::Result<()> {
-    warn_unsupported(pods);
-    nft_script(&set_update(pods))
+/// Replaces the captured addresses (the table must be installed).
+pub fn update(capture: &Capture) -> anyhow::Result<()> {
+    warn_unsupported(&capture.pods);
+    nft_script(&set_update(capture))
 }
 
 fn warn_unsupported(pods: &[IpAddr]) {

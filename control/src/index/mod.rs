@@ -811,13 +811,11 @@ impl Index {
         if pod.terminated || pod.opted_out || pod.ips.is_empty() {
             return None;
         }
-        if !self
-            .namespaces
-            .get(&*key.namespace)
-            .is_some_and(|n| n.enrolled)
-        {
+        let ns = self.namespaces.get(&*key.namespace)?;
+        if !ns.enrolled {
             return None;
         }
+        let allow_non_tcp = pod.allow_non_tcp || ns.allow_non_tcp;
         let node_name = pod.node.as_ref()?;
         let address = self.nodes.get(node_name)?.address?;
         if let Some((ip, owner)) = pod
@@ -857,6 +855,7 @@ impl Index {
                     protocol: p as i32,
                 })
                 .collect(),
+            allow_non_tcp,
         };
         let published = Published {
             node: node_name.clone(),

@@ -37,6 +37,7 @@ fn index() -> Index {
         ix.apply_namespace(NamespaceInfo {
             name: ns.into(),
             enrolled,
+            allow_non_tcp: false,
         });
     }
     for k in Kind::ALL {
@@ -58,6 +59,7 @@ fn pod(ns: &str, name: &str, node: &str, addr: &str, labels: &[(&str, &str)]) ->
         opted_out: false,
         terminated: false,
         declared_ports: vec![],
+        allow_non_tcp: false,
     }
 }
 
@@ -134,6 +136,7 @@ fn enrolling_a_namespace_publishes_its_pods_and_unenrolling_withdraws_them() {
     ix.apply_namespace(NamespaceInfo {
         name: "legacy".into(),
         enrolled: true,
+        allow_non_tcp: false,
     });
     let v = commit(&mut ix);
     assert_eq!(names(&v.workloads), ["legacy/old-1"]);
@@ -141,6 +144,7 @@ fn enrolling_a_namespace_publishes_its_pods_and_unenrolling_withdraws_them() {
     ix.apply_namespace(NamespaceInfo {
         name: "legacy".into(),
         enrolled: false,
+        allow_non_tcp: false,
     });
     let v = commit(&mut ix);
     assert!(v.workloads.is_empty());
@@ -471,4 +475,27 @@ fn labels_select_policies_by_subset_like_the_proxy() {
         policy_names(&v, "node-1"),
         ["AuthorizationPolicy/shop/subset"]
     );
+}
+
+#[test]
+fn the_non_tcp_allowance_of_a_pod_or_its_namespace_reaches_the_workload() {
+    let mut ix = index();
+    ix.apply_pod(pod("shop", "web-1", "node-1", "10.1.0.2", &[]));
+    let mut allowed = pod("shop", "web-2", "node-1", "10.1.0.3", &[]);
+    allowed.allow_non_tcp = true;
+    ix.apply_pod(allowed);
+    let v = commit(&mut ix);
+    assert!(!decode_workload(&v, "shop/web-1").allow_non_tcp);
+    assert!(decode_workload(&v, "shop/web-2").allow_non_tcp);
+    // The namespace's annotation covers every pod in it, and withdrawing it withdraws that.
+    for ns_allows in [true, false] {
+        ix.apply_namespace(NamespaceInfo {
+            name: "shop".into(),
+            enrolled: true,
+            allow_non_tcp: ns_allows,
+        });
+        let v = commit(&mut ix);
+        assert_eq!(decode_workload(&v, "shop/web-1").allow_non_tcp, ns_allows);
+        assert!(decode_workload(&v, "shop/web-2").allow_non_tcp);
+    }
 }

@@ -90,6 +90,10 @@ pub struct WorkloadSpec {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub ports: Vec<PortSpec>,
+    /// Let non-TCP traffic (UDP, ICMP, …) reach this workload although its peer
+    /// authentication is STRICT (otherwise the node drops it: it cannot be authenticated).
+    #[serde(default)]
+    pub allow_non_tcp: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +181,8 @@ pub struct Workload {
     /// Policies applying to this workload (computed once per snapshot, for local workloads).
     pub policies: WorkloadPolicies,
     pub mtls: MtlsMode,
+    /// Non-TCP traffic may reach it even when `mtls` is STRICT (the operator allowed it).
+    pub allow_non_tcp: bool,
 }
 
 impl Workload {
@@ -332,6 +338,7 @@ impl MeshFile {
                     node_address: ip_to_bytes(node.address),
                     labels: w.labels.clone(),
                     ports,
+                    allow_non_tcp: w.allow_non_tcp,
                 },
             ));
         }
@@ -462,6 +469,20 @@ impl Snapshot {
             .iter()
             .filter(move |(ip, w)| w.node == node && **ip == w.ip)
             .map(|(_, w)| w)
+    }
+
+    /// Every address of a workload on `node` that non-TCP traffic must not reach: STRICT, and
+    /// the operator did not allow non-TCP (`allowNonTcp`, annotation `ward.dev/allow-non-tcp`).
+    /// Non-TCP cannot go through the proxy, so it cannot be authenticated.
+    pub fn local_closed_to_non_tcp(&self, node: &str) -> Vec<IpAddr> {
+        let mut v: Vec<IpAddr> = self
+            .by_ip
+            .iter()
+            .filter(|(_, w)| w.node == node && w.mtls == MtlsMode::Strict && !w.allow_non_tcp)
+            .map(|(ip, _)| *ip)
+            .collect();
+        v.sort();
+        v
     }
 
     /// Every address of a workload on `node`: what interception captures.

@@ -269,6 +269,7 @@ pub fn workload_from_pb(
         hbone: SocketAddr::new(node_ip, HBONE_PORT),
         policies: wp,
         mtls,
+        allow_non_tcp: w.allow_non_tcp,
     })
 }
 
@@ -347,6 +348,7 @@ pub fn with_policies(w: &Workload, policies: &PolicySet, local_node: &str) -> Wo
         hbone: w.hbone,
         policies: wp,
         mtls,
+        allow_non_tcp: w.allow_non_tcp,
     }
 }
 

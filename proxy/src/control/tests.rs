@@ -59,6 +59,7 @@ fn workload(name: &str, node: &str, ip: [u8; 4]) -> (String, Vec<u8>) {
             node_address: ip_to_bytes("10.0.0.1".parse().unwrap_or_else(|e| panic!("{e}"))),
             labels: [("app".to_string(), name.to_string())].into(),
             ports: vec![],
+            allow_non_tcp: false,
         }),
     )
 }

@@ -301,3 +301,105 @@ fn a_server_with_another_identity_is_refused_by_the_client_proxy() {
         "{reason}"
     );
 }
+
+/// Non-TCP traffic cannot go through the proxy, so it cannot be authenticated: UDP to a STRICT
+/// pod — from a pod on another node, or from a host outside the mesh — is dropped by the
+/// node. The pod's own UDP exchanges (a DNS query and its answer) still work. Allowing non-TCP
+/// for the workload, or PERMISSIVE peer authentication, lets it arrive — the same datagrams
+/// the drop stopped (so the test bites).
+#[test]
+fn udp_to_a_strict_pod_is_dropped_unless_allowed() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = cluster();
+    let web2 = c.pod("web-2").clone();
+    let received = c.path("udp-received.txt").display().to_string();
+    c.spawn(
+        "udp-web-2",
+        &web2.netns,
+        std::path::Path::new("socat"),
+        &[
+            "-u",
+            "UDP-RECV:7000",
+            &format!("OPEN:{received},creat,append"),
+        ],
+    );
+    // A "resolver" outside the mesh (node-1's own namespace) that echoes datagrams back.
+    let n1 = c.ns("n1");
+    c.spawn(
+        "udp-resolver",
+        &n1,
+        std::path::Path::new("socat"),
+        &["UDP-RECVFROM:5300,fork", "EXEC:cat"],
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let send = |from_ns: &str, tag: &str| {
+        must(ward_tests::in_ns(from_ns, "sh").args([
+            "-c",
+            &format!("echo {tag} | socat -u - UDP-SENDTO:{}:7000", web2.ip),
+        ]));
+    };
+    let arrived = |tag: &str| {
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .contains(tag)
+    };
+    let client1 = c.pod("client-1").netns.clone();
+
+    send(&client1, "strict-from-pod");
+    send(&n1, "strict-from-host");
+    assert!(
+        !arrived("strict-from-pod"),
+        "UDP from another node's pod reached a STRICT pod"
+    );
+    assert!(
+        !arrived("strict-from-host"),
+        "UDP from outside the mesh reached a STRICT pod"
+    );
+    // The STRICT pod's own query gets its answer (conntrack lets replies in).
+    let answer = must(
+        ward_tests::in_ns(&web2.netns, "sh")
+            .args(["-c", "echo query-1 | socat -t 2 - UDP:10.77.0.1:5300"]),
+    );
+    assert_eq!(
+        answer.trim(),
+        "query-1",
+        "a STRICT pod's DNS-like exchange broke"
+    );
+
+    // The operator allows non-TCP for web-2 (mesh file `allowNonTcp`; in Kubernetes the
+    // annotation ward.dev/allow-non-tcp: "true").
+    let mesh = std::fs::read_to_string(c.path("mesh.yaml")).unwrap();
+    let allowed = mesh.replace("{name: web-2, ", "{name: web-2, allowNonTcp: true, ");
+    assert_ne!(mesh, allowed);
+    std::fs::write(c.path("mesh.yaml.tmp"), &allowed).unwrap();
+    std::fs::rename(c.path("mesh.yaml.tmp"), c.path("mesh.yaml")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    send(&client1, "allowed-from-pod");
+    send(&n1, "allowed-from-host");
+    assert!(
+        arrived("allowed-from-pod"),
+        "allowance set, yet the UDP did not arrive"
+    );
+    assert!(arrived("allowed-from-host"));
+
+    // Without the allowance but PERMISSIVE: non-TCP passes as plaintext TCP does.
+    std::fs::write(c.path("mesh.yaml.tmp"), &mesh).unwrap();
+    std::fs::rename(c.path("mesh.yaml.tmp"), c.path("mesh.yaml")).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    send(&client1, "strict-again");
+    assert!(
+        !arrived("strict-again"),
+        "the allowance was withdrawn, yet UDP arrived"
+    );
+    c.write_policy(
+        "peer.yaml",
+        "apiVersion: security.ward.dev/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: PERMISSIVE}}\n",
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    send(&client1, "permissive-from-pod");
+    assert!(
+        arrived("permissive-from-pod"),
+        "PERMISSIVE must let UDP through"
+    );
+}
