@@ -90,6 +90,7 @@ static STOP: AtomicBool = AtomicBool::new(false);
 
 pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let bins = preflight()?;
+    check_dir(&args.dir)?;
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
         signal_hook::consts::SIGINT,
@@ -122,6 +123,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::create_dir_all(args.dir.join("policies"))
         .with_context(|| format!("creating {}", args.dir.display()))?;
+    std::fs::write(
+        args.dir.join(MARKER),
+        "made by `ward demo`; removed when it exits\n",
+    )?;
     let dir = std::fs::canonicalize(&args.dir)?;
     let result = (|| {
         let mut cluster = Cluster::create(&dir, PODS)?;
@@ -163,6 +168,23 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 pub fn interrupted() -> bool {
     STOP.load(Ordering::Relaxed)
+}
+
+/// The file that marks a directory as the demo's own: only such a directory (or an empty one,
+/// or none) is ever removed, so a mistyped `--dir` cannot delete someone's files.
+const MARKER: &str = ".ward-demo";
+
+fn check_dir(dir: &Path) -> anyhow::Result<()> {
+    let Ok(mut entries) = std::fs::read_dir(dir) else {
+        return Ok(()); // absent (or unreadable: creating it will say why)
+    };
+    if dir.join(MARKER).is_file() || entries.next().is_none() {
+        return Ok(());
+    }
+    bail!(
+        "--dir {} exists and is not a ward demo directory (no {MARKER} in it); the demo removes its directory on exit, so choose a new or empty one",
+        dir.display()
+    )
 }
 
 /// Paths of the programs the demo runs.

@@ -143,6 +143,7 @@ fn the_demo_removes_what_a_crashed_run_left() {
         .spawn()
         .unwrap();
     std::fs::create_dir_all(format!("{demo_dir}/policies")).unwrap();
+    std::fs::write(format!("{demo_dir}/.ward-demo"), "").unwrap();
     // Were it read, it would deny every call in shop and the tour would fail.
     std::fs::write(
         format!("{demo_dir}/policies/stale.yaml"),
@@ -171,4 +172,21 @@ fn the_demo_removes_what_a_crashed_run_left() {
     );
     let _ = sleeper.kill();
     assert!(machine_state(&demo_dir).2.is_empty());
+}
+
+#[test]
+fn the_demo_never_removes_a_directory_that_is_not_its_own() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    require_privileges();
+    let ward = built("ward", false);
+    let dir = tempfile::tempdir().unwrap();
+    let precious = dir.path().join("notes.txt");
+    std::fs::write(&precious, "keep me").unwrap();
+    let out = run(Command::new(&ward)
+        .args(["demo", "--once", "--dir"])
+        .arg(dir.path()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("is not a ward demo directory"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me");
 }
