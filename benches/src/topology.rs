@@ -384,7 +384,7 @@ impl Bench {
                     // A stopped proxy leaves its interception rules (fail closed); the next
                     // path needs them gone.
                     let _ = run(in_ns(&self.c.ns(&format!("n{i}")), "nft")
-                        .args(["delete", "table", "ip", "ward"]));
+                        .args(["delete", "table", "inet", "ward"]));
                 }
             }
             Mode::Envoy | Mode::EnvoyNoPool | Mode::Haproxy => {
@@ -395,7 +395,8 @@ impl Bench {
                 };
                 self.c.stop(&format!("{what}-1"));
                 self.c.stop(&format!("{what}-2"));
-                let _ = run(in_ns(&self.c.ns("n1"), "nft").args(["delete", "table", "ip", "ward"]));
+                let _ =
+                    run(in_ns(&self.c.ns("n1"), "nft").args(["delete", "table", "inet", "ward"]));
             }
         }
         self.mode = Mode::Direct;
@@ -411,7 +412,7 @@ impl Bench {
             "{}: a request to {url} answered {code:?}",
             self.mode.label()
         );
-        let rules = run(in_ns(&self.c.ns("n1"), "nft").args(["list", "table", "ip", "ward"]));
+        let rules = run(in_ns(&self.c.ns("n1"), "nft").args(["list", "table", "inet", "ward"]));
         anyhow::ensure!(
             rules.status.success() == self.mode.proxied(),
             "{}: interception rules on node-1 are {}",

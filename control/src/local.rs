@@ -359,7 +359,8 @@ fn mesh_events(file: &MeshFile, bundle: &str) -> Vec<Event> {
                 key: Key::new(&w.namespace, &w.name),
                 node: Some(w.node.clone()),
                 service_account: w.service_account.clone(),
-                ips: vec![w.ip],
+                // `resources()` has validated the file: every workload has its addresses.
+                ips: w.addresses(0).unwrap_or_default(),
                 labels: w.labels.clone(),
                 opted_out: false,
                 terminated: false,
@@ -416,7 +417,7 @@ fn mesh_events(file: &MeshFile, bundle: &str) -> Vec<Event> {
                     && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
             })
             .map(|w| SliceEndpoint {
-                ips: vec![w.ip],
+                ips: w.addresses(0).unwrap_or_default(),
                 ready: true,
             })
             .collect();

@@ -234,3 +234,45 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
         .await
         .map_err(|e| anyhow::anyhow!("binding the {what} listener on {addr}: {e}"))
 }
+
+/// Binds `addr` and, when it is the IPv4 wildcard (`0.0.0.0:P`, the default), its IPv6 twin
+/// `[::]:P` as an IPv6-only socket: a dual-stack node's IPv6 traffic is redirected to the same
+/// ports, and separate sockets keep every peer address in its own family (no `::ffff:` mapped
+/// IPv4 addresses reaching policy or logs). A node without IPv6 gets a warning, not an error:
+/// nothing can arrive there over IPv6.
+pub async fn bind_all(addr: SocketAddr, what: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let mut listeners = vec![bind(addr, what).await?];
+    if addr.ip() == std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED) {
+        let v6 = SocketAddr::new(std::net::Ipv6Addr::UNSPECIFIED.into(), addr.port());
+        match bind_v6_only(v6) {
+            Ok(l) => listeners.push(l),
+            Err(e)
+                if e.raw_os_error() == Some(libc_eafnosupport())
+                    || e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+            {
+                tracing::warn!(listener = what, error = %e, "IPv6 is not available on this node; listening on IPv4 only");
+            }
+            Err(e) => anyhow::bail!("binding the {what} listener on {v6}: {e}"),
+        }
+    }
+    Ok(listeners)
+}
+
+/// EAFNOSUPPORT: the kernel has no IPv6 (booted with `ipv6.disable=1`).
+const fn libc_eafnosupport() -> i32 {
+    97
+}
+
+fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::IPV6,
+        Type::STREAM.nonblocking(),
+        Some(Protocol::TCP),
+    )?;
+    socket.set_only_v6(true)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}

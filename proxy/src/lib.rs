@@ -153,37 +153,44 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop) = watch::channel(false);
-    let outbound = admin::bind(cfg.outbound, "outbound").await?;
-    let plaintext = admin::bind(cfg.inbound_plaintext, "inbound plaintext").await?;
-    let hbone = admin::bind(cfg.hbone, "HBONE").await?;
+    // The capture and HBONE listeners, and the probes' ports, on IPv4 and (dual-stack) IPv6.
+    let outbound = admin::bind_all(cfg.outbound, "outbound").await?;
+    let plaintext = admin::bind_all(cfg.inbound_plaintext, "inbound plaintext").await?;
+    let hbone = admin::bind_all(cfg.hbone, "HBONE").await?;
     let admin_l = admin::bind(cfg.admin, "admin").await?;
-    let ready_l = admin::bind(cfg.readiness, "readiness").await?;
-    let metrics_l = admin::bind(cfg.metrics, "metrics").await?;
-    tokio::spawn(outbound::serve(ctx.clone(), outbound, stop.clone()));
-    tokio::spawn(inbound::serve_plaintext(
-        ctx.clone(),
-        plaintext,
-        stop.clone(),
-    ));
-    tokio::spawn(inbound::serve_hbone(ctx.clone(), hbone, stop.clone()));
+    let ready_l = admin::bind_all(cfg.readiness, "readiness").await?;
+    let metrics_l = admin::bind_all(cfg.metrics, "metrics").await?;
+    for l in outbound {
+        tokio::spawn(outbound::serve(ctx.clone(), l, stop.clone()));
+    }
+    for l in plaintext {
+        tokio::spawn(inbound::serve_plaintext(ctx.clone(), l, stop.clone()));
+    }
+    for l in hbone {
+        tokio::spawn(inbound::serve_hbone(ctx.clone(), l, stop.clone()));
+    }
     tokio::spawn(admin::serve(
         ctx.clone(),
         admin_l,
         admin::Port::Admin,
         stop.clone(),
     ));
-    tokio::spawn(admin::serve(
-        ctx.clone(),
-        ready_l,
-        admin::Port::Readiness,
-        stop.clone(),
-    ));
-    tokio::spawn(admin::serve(
-        ctx.clone(),
-        metrics_l,
-        admin::Port::Metrics,
-        stop.clone(),
-    ));
+    for l in ready_l {
+        tokio::spawn(admin::serve(
+            ctx.clone(),
+            l,
+            admin::Port::Readiness,
+            stop.clone(),
+        ));
+    }
+    for l in metrics_l {
+        tokio::spawn(admin::serve(
+            ctx.clone(),
+            l,
+            admin::Port::Metrics,
+            stop.clone(),
+        ));
+    }
     tokio::spawn(on_config_change(ctx.clone(), cfg.clone()));
     let sweeper = ctx.clone();
     tokio::spawn(async move {

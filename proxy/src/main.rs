@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("uninstall") {
         return match ward_proxy::redirect::remove() {
             Ok(()) => {
-                println!("ward-proxy: interception rules removed (nftables table ip ward)");
+                println!("ward-proxy: interception rules removed (nftables table inet ward)");
                 ExitCode::SUCCESS
             }
             Err(e) => {

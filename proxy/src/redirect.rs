@@ -1,28 +1,29 @@
 //! Transparent interception with nftables, at node level.
 //!
 //! Pods are routed through their node's network namespace, so one table there sees all their
-//! TCP traffic in `prerouting`. Only *enrolled* workloads are captured: the table holds a set
-//! of their addresses (`pods`), kept equal to the local workloads of the configuration, so a
-//! pod outside the mesh on the same node is untouched:
+//! TCP traffic in `prerouting`, IPv4 and IPv6 alike. Only *enrolled* workloads are captured:
+//! the table holds sets of their addresses (`pods4`, `pods6`), kept equal to the local
+//! workloads of the configuration, so a pod outside the mesh on the same node is untouched:
 //! - the proxy's own (marked) traffic returns untouched;
 //! - traffic from a captured pod to addresses of the node itself returns untouched;
 //! - other TCP from a captured pod is redirected to the outbound listener (15001);
 //! - TCP *to* a captured pod from elsewhere (plaintext that did not come through a tunnel) is
 //!   redirected to the inbound plaintext listener (15006), which refuses it for STRICT workloads;
-//! - non-TCP traffic (UDP, ICMP, …) *to* a STRICT pod is dropped in `forward` (a second set,
-//!   `closed`): the proxy cannot authenticate it, so it must not arrive — unless the operator
+//! - non-TCP traffic (UDP, ICMP, …) *to* a STRICT pod is dropped in `forward` (sets `closed4`,
+//!   `closed6`): the proxy cannot authenticate it, so it must not arrive — unless the operator
 //!   allowed it for that workload (`ward.dev/allow-non-tcp`), or it answers the pod's own
 //!   traffic (conntrack: DNS replies, ICMP errors about its connections).
 //!
-//! Everything lives in one table, `ip ward`, installed atomically (`nft -f`) and idempotently
-//! (the script declares, deletes and re-creates the table). The table outlives the proxy: a
-//! stopped, crashed or upgrading proxy leaves it in place, so captured traffic keeps going to
-//! the proxy's ports, where nothing listens and connections are refused — the node fails
-//! closed instead of opening — and the next proxy adopts it. Only an explicit uninstall
-//! (`ward-proxy uninstall`, one `delete table`) removes it, leaving the ruleset exactly as it
-//! was before. A change of the
-//! workload set replaces the set's elements in one transaction (flush + add): no packet sees
-//! a half-updated set, and live connections (conntrack-NATed already) are not disturbed.
+//! Everything lives in one table, `inet ward` (both families, so no IPv6 path goes around an
+//! IPv4-only table), installed atomically (`nft -f`) and idempotently (the script declares,
+//! deletes and re-creates the table, and replaces an earlier release's `ip ward` with it). The
+//! table outlives the proxy: a stopped, crashed or upgrading proxy leaves it in place, so
+//! captured traffic keeps going to the proxy's ports, where nothing listens and connections
+//! are refused — the node fails closed instead of opening — and the next proxy adopts it. Only
+//! an explicit uninstall (`ward-proxy uninstall`) removes it, leaving the ruleset exactly as it
+//! was before. A change of the workload set replaces the sets' elements in one transaction
+//! (flush + add): no packet sees a half-updated set, and live connections (conntrack-NATed
+//! already) are not disturbed.
 
 use std::io::Write;
 use std::net::IpAddr;
@@ -33,15 +34,19 @@ use crate::socket::PROXY_MARK;
 /// Whether the proxy manages redirection rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
-    /// Install (or adopt) the `ip ward` nftables table at start; leave it at exit.
+    /// Install (or adopt) the `inet ward` nftables table at start; leave it at exit.
     Nftables,
     /// Leave interception to someone else (tests that only exercise HBONE).
     None,
 }
 
 const TABLE: &str = "ward";
-const SET: &str = "pods";
-const CLOSED: &str = "closed";
+/// The family of the table: `inet` holds IPv4 and IPv6 rules together, so one atomic script
+/// covers a dual-stack node and no IPv6 path bypasses an IPv4-only table.
+const FAMILY: &str = "inet";
+/// Earlier releases used an `ip` (IPv4-only) table of the same name: the install script
+/// replaces it in the same transaction, and uninstall removes it too.
+const LEGACY_FAMILY: &str = "ip";
 
 /// What the table captures: every local workload address (`pods`), and those that non-TCP
 /// traffic must not reach (`closed`: STRICT, non-TCP not allowed).
@@ -51,66 +56,88 @@ pub struct Capture {
     pub closed: Vec<IpAddr>,
 }
 
-/// The nft script that (re)creates the table for `capture`.
-pub fn ruleset(capture: &Capture, outbound_port: u16, inbound_plaintext_port: u16) -> String {
-    format!(
-        "table ip {TABLE}\n\
-         delete table ip {TABLE}\n\
-         table ip {TABLE} {{\n\
-         \tset {SET} {{\n\
-         \t\ttype ipv4_addr\n\
-         {pods}\
-         \t}}\n\
-         \tset {CLOSED} {{\n\
-         \t\ttype ipv4_addr\n\
-         {closed}\
-         \t}}\n\
-         \tchain prerouting {{\n\
-         \t\ttype nat hook prerouting priority dstnat - 10; policy accept;\n\
-         \t\tmeta mark {PROXY_MARK:#x} return\n\
-         \t\tip saddr @{SET} fib daddr type local return\n\
-         \t\tip saddr @{SET} meta l4proto tcp redirect to :{outbound_port}\n\
-         \t\tip daddr @{SET} meta l4proto tcp redirect to :{inbound_plaintext_port}\n\
-         \t}}\n\
-         \tchain forward {{\n\
-         \t\ttype filter hook forward priority filter - 10; policy accept;\n\
-         \t\tip daddr @{CLOSED} meta l4proto != tcp ct state established,related accept\n\
-         \t\tip daddr @{CLOSED} meta l4proto != tcp counter drop\n\
-         \t}}\n\
-         }}\n",
-        pods = elements_line(&capture.pods),
-        closed = elements_line(&capture.closed),
-    )
+/// The sets of the table: (name, addresses of one family, nft type).
+fn sets(capture: &Capture) -> [(&'static str, String, &'static str); 4] {
+    [
+        ("pods4", list(&capture.pods, IpAddr::is_ipv4), "ipv4_addr"),
+        ("pods6", list(&capture.pods, IpAddr::is_ipv6), "ipv6_addr"),
+        (
+            "closed4",
+            list(&capture.closed, IpAddr::is_ipv4),
+            "ipv4_addr",
+        ),
+        (
+            "closed6",
+            list(&capture.closed, IpAddr::is_ipv6),
+            "ipv6_addr",
+        ),
+    ]
 }
 
-/// The script that replaces both sets in one transaction.
+/// The nft script that (re)creates the table for `capture`. Every rule exists once per family
+/// (`ip` for IPv4, `ip6` for IPv6): a dual-stack pod is captured on both of its addresses.
+pub fn ruleset(capture: &Capture, outbound_port: u16, inbound_plaintext_port: u16) -> String {
+    let mut s = format!(
+        "table {LEGACY_FAMILY} {TABLE}\n\
+         delete table {LEGACY_FAMILY} {TABLE}\n\
+         table {FAMILY} {TABLE}\n\
+         delete table {FAMILY} {TABLE}\n\
+         table {FAMILY} {TABLE} {{\n"
+    );
+    for (name, elements, ty) in sets(capture) {
+        s.push_str(&format!("\tset {name} {{\n\t\ttype {ty}\n"));
+        if !elements.is_empty() {
+            s.push_str(&format!("\t\telements = {{ {elements} }}\n"));
+        }
+        s.push_str("\t}\n");
+    }
+    s.push_str(&format!(
+        "\tchain prerouting {{\n\
+         \t\ttype nat hook prerouting priority dstnat - 10; policy accept;\n\
+         \t\tmeta mark {PROXY_MARK:#x} return\n"
+    ));
+    for (ip, v) in [("ip", 4), ("ip6", 6)] {
+        s.push_str(&format!(
+            "\t\t{ip} saddr @pods{v} fib daddr type local return\n\
+             \t\t{ip} saddr @pods{v} meta l4proto tcp redirect to :{outbound_port}\n\
+             \t\t{ip} daddr @pods{v} meta l4proto tcp redirect to :{inbound_plaintext_port}\n"
+        ));
+    }
+    s.push_str(
+        "\t}\n\
+         \tchain forward {\n\
+         \t\ttype filter hook forward priority filter - 10; policy accept;\n",
+    );
+    for (ip, v) in [("ip", 4), ("ip6", 6)] {
+        s.push_str(&format!(
+            "\t\t{ip} daddr @closed{v} meta l4proto != tcp ct state established,related accept\n\
+             \t\t{ip} daddr @closed{v} meta l4proto != tcp counter drop\n"
+        ));
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+/// The script that replaces every set in one transaction.
 pub fn set_update(capture: &Capture) -> String {
     let mut s = String::new();
-    for (set, ips) in [(SET, &capture.pods), (CLOSED, &capture.closed)] {
-        s.push_str(&format!("flush set ip {TABLE} {set}\n"));
-        let v4 = v4_list(ips);
-        if !v4.is_empty() {
-            s.push_str(&format!("add element ip {TABLE} {set} {{ {v4} }}\n"));
+    for (name, elements, _) in sets(capture) {
+        s.push_str(&format!("flush set {FAMILY} {TABLE} {name}\n"));
+        if !elements.is_empty() {
+            s.push_str(&format!(
+                "add element {FAMILY} {TABLE} {name} {{ {elements} }}\n"
+            ));
         }
     }
     s
 }
 
-fn v4_list(pods: &[IpAddr]) -> String {
-    pods.iter()
-        .filter(|ip| ip.is_ipv4())
+fn list(ips: &[IpAddr], family: fn(&IpAddr) -> bool) -> String {
+    ips.iter()
+        .filter(|ip| family(ip))
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-fn elements_line(pods: &[IpAddr]) -> String {
-    let v4 = v4_list(pods);
-    if v4.is_empty() {
-        String::new()
-    } else {
-        format!("\t\telements = {{ {v4} }}\n")
-    }
 }
 
 /// Installs (or replaces) the table for `capture`.
@@ -119,30 +146,24 @@ pub fn install(
     outbound_port: u16,
     inbound_plaintext_port: u16,
 ) -> anyhow::Result<()> {
-    warn_unsupported(&capture.pods);
     nft_script(&ruleset(capture, outbound_port, inbound_plaintext_port))
 }
 
 /// Replaces the captured addresses (the table must be installed).
 pub fn update(capture: &Capture) -> anyhow::Result<()> {
-    warn_unsupported(&capture.pods);
     nft_script(&set_update(capture))
 }
 
-fn warn_unsupported(pods: &[IpAddr]) {
-    let v6 = pods.iter().filter(|ip| ip.is_ipv6()).count();
-    if v6 > 0 {
-        tracing::warn!(
-            addresses = v6,
-            "IPv6 workload addresses are not intercepted yet (IPv4 only)"
-        );
-    }
+/// Removes the table (and an earlier release's IPv4-only one) if present.
+pub fn remove() -> anyhow::Result<()> {
+    nft_script(&format!(
+        "table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n\
+         table {LEGACY_FAMILY} {TABLE}\ndelete table {LEGACY_FAMILY} {TABLE}\n"
+    ))
 }
 
-/// Removes the table if present.
-pub fn remove() -> anyhow::Result<()> {
-    nft_script(&format!("table ip {TABLE}\ndelete table ip {TABLE}\n"))
-}
+/// How to name the table on an `nft` command line (`nft list table inet ward`).
+pub const TABLE_ARGS: [&str; 2] = [FAMILY, TABLE];
 
 fn nft_script(script: &str) -> anyhow::Result<()> {
     let mut child = Command::new("nft")
@@ -163,4 +184,55 @@ fn nft_script(script: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capture() -> Capture {
+        let ips = |v: &[&str]| {
+            v.iter()
+                .map(|s| s.parse().unwrap_or_else(|e| panic!("{e}")))
+                .collect()
+        };
+        Capture {
+            pods: ips(&["10.1.0.2", "fd01::2", "10.1.0.3"]),
+            closed: ips(&["fd01::2"]),
+        }
+    }
+
+    #[test]
+    fn every_rule_exists_for_both_families_and_the_legacy_table_goes() {
+        let s = ruleset(&capture(), 15001, 15006);
+        assert!(
+            s.starts_with("table ip ward\ndelete table ip ward\n"),
+            "{s}"
+        );
+        assert!(s.contains("elements = { 10.1.0.2, 10.1.0.3 }"), "{s}");
+        assert!(s.contains("elements = { fd01::2 }"), "{s}");
+        for ip in ["ip", "ip6"] {
+            let v = if ip == "ip" { 4 } else { 6 };
+            for rule in [
+                format!("{ip} saddr @pods{v} meta l4proto tcp redirect to :15001"),
+                format!("{ip} daddr @pods{v} meta l4proto tcp redirect to :15006"),
+                format!("{ip} daddr @closed{v} meta l4proto != tcp counter drop"),
+            ] {
+                assert!(s.contains(&rule), "missing {rule:?} in\n{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_set_update_replaces_every_set() {
+        let s = set_update(&capture());
+        for set in ["pods4", "pods6", "closed4", "closed6"] {
+            assert!(s.contains(&format!("flush set inet ward {set}\n")), "{s}");
+        }
+        assert!(
+            s.contains("add element inet ward closed6 { fd01::2 }"),
+            "{s}"
+        );
+        assert!(!s.contains("add element inet ward closed4"), "{s}");
+    }
 }

@@ -11,9 +11,16 @@ use tokio::net::TcpStream;
 /// The mark on every socket the proxy opens (1337): redirection rules return early for it.
 pub const PROXY_MARK: u32 = 0x539;
 
-/// The destination a redirected connection was originally sent to.
+/// The destination a redirected connection was originally sent to (asked in the socket's own
+/// family: IPv4 and IPv6 connections arrive on separate listeners).
 pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
-    SockRef::from(stream).original_dst_v4().and_then(|a| {
+    let sock = SockRef::from(stream);
+    let orig = if stream.local_addr()?.is_ipv6() {
+        sock.original_dst_v6()
+    } else {
+        sock.original_dst_v4()
+    };
+    orig.and_then(|a| {
         a.as_socket()
             .ok_or_else(|| std::io::Error::other("original destination is not an inet address"))
     })

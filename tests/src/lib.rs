@@ -55,6 +55,8 @@ pub struct Pod {
     pub spec: PodSpec,
     pub netns: String,
     pub ip: String,
+    /// The pod's IPv6 address in a dual-stack cluster ([`Cluster::new_dual_stack`]).
+    pub ip6: Option<String>,
 }
 
 pub struct Cluster {
@@ -62,6 +64,8 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: usize,
     pub pods: Vec<Pod>,
+    /// IPv6 beside IPv4 everywhere (see [`Cluster::new_dual_stack`]).
+    pub dual_stack: bool,
     namespaces: Vec<String>,
     children: Vec<(String, Child)>,
     proxies: Vec<Option<Child>>,
@@ -319,6 +323,18 @@ pub fn built(name: &str, release: bool) -> PathBuf {
 impl Cluster {
     /// Builds the namespaces and links; starts nothing yet.
     pub fn new(nodes: usize, pods: &[PodSpec]) -> Cluster {
+        Self::build(nodes, pods, false)
+    }
+
+    /// A dual-stack cluster: besides the IPv4 layout, the bridge carries `fd77::/64` (node `i`
+    /// at `fd77::i`, the CA at `fd77::100`, the test process at `fd77::200`), node `i`'s pods
+    /// are in `fd77:i::/64` on the same /126 layout, and the mesh file gives nodes their IPv6
+    /// address (tunnels run between IPv6 node addresses) and pods both of theirs.
+    pub fn new_dual_stack(nodes: usize, pods: &[PodSpec]) -> Cluster {
+        Self::build(nodes, pods, true)
+    }
+
+    fn build(nodes: usize, pods: &[PodSpec], dual_stack: bool) -> Cluster {
         require_privileges();
         install_signal_cleanup();
         sweep_stale();
@@ -329,6 +345,7 @@ impl Cluster {
             dir: tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")),
             nodes,
             pods: Vec::new(),
+            dual_stack,
             namespaces: Vec::new(),
             children: Vec::new(),
             proxies: (0..nodes).map(|_| None).collect(),
@@ -347,6 +364,7 @@ impl Cluster {
         must(in_ns(&net, "ip").args(["link", "set", "br0", "up"]));
         let ctl = c.add_ns("ctl");
         c.attach(&ctl, "c0", "10.77.0.100/24");
+        c.add_v6(&ctl, "eth0", "fd77::100/64");
         // A link from the test process's own namespace, so tests can act as a hostile or
         // foreign peer (10.77.0.200). Its root-side name carries the prefix to stay unique.
         let host_if = format!("{}h", c.prefix);
@@ -355,12 +373,19 @@ impl Cluster {
         ]);
         must(in_ns(&net, "ip").args(["link", "set", "h0", "master", "br0", "up"]));
         ip(&["addr", "add", "10.77.0.200/24", "dev", &host_if]);
+        if dual_stack {
+            ip(&["addr", "add", "fd77::200/64", "dev", &host_if, "nodad"]);
+        }
         ip(&["link", "set", &host_if, "up"]);
         c.host_link = Some(host_if);
         for i in 1..=nodes {
             let node = c.add_ns(&format!("n{i}"));
             c.attach(&node, &format!("n{i}"), &format!("10.77.0.{i}/24"));
             must(in_ns(&node, "sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+            c.add_v6(&node, "eth0", &format!("fd77::{i}/64"));
+            if dual_stack {
+                must(in_ns(&node, "sysctl").args(["-qw", "net.ipv6.conf.all.forwarding=1"]));
+            }
             for j in 1..=nodes {
                 if j != i {
                     must(in_ns(&node, "ip").args([
@@ -370,6 +395,16 @@ impl Cluster {
                         "via",
                         &format!("10.77.0.{j}"),
                     ]));
+                    if dual_stack {
+                        must(in_ns(&node, "ip").args([
+                            "-6",
+                            "route",
+                            "add",
+                            &format!("fd77:{j}::/64"),
+                            "via",
+                            &format!("fd77::{j}"),
+                        ]));
+                    }
                 }
             }
         }
@@ -395,10 +430,19 @@ impl Cluster {
             ]));
             must(in_ns(&pod_ns, "ip").args(["link", "set", "eth0", "up"]));
             must(in_ns(&pod_ns, "ip").args(["route", "add", "default", "via", &gw]));
+            let ip6 = dual_stack.then(|| {
+                let gw6 = format!("fd77:{}::{:x}", spec.node, base + 1);
+                let pod6 = format!("fd77:{}::{:x}", spec.node, base + 2);
+                c.add_v6(&node_ns, &host_if, &format!("{gw6}/126"));
+                c.add_v6(&pod_ns, "eth0", &format!("{pod6}/126"));
+                must(in_ns(&pod_ns, "ip").args(["-6", "route", "add", "default", "via", &gw6]));
+                pod6
+            });
             c.pods.push(Pod {
                 spec: spec.clone(),
                 netns: pod_ns,
                 ip: pod_ip,
+                ip6,
             });
         }
         c
@@ -415,6 +459,14 @@ impl Cluster {
         self.namespaces.push(name.clone());
         must(in_ns(&name, "ip").args(["link", "set", "lo", "up"]));
         name
+    }
+
+    /// In a dual-stack cluster, gives `dev` in `ns` an IPv6 address (without duplicate address
+    /// detection, so it is usable at once); otherwise nothing.
+    fn add_v6(&self, ns: &str, dev: &str, addr: &str) {
+        if self.dual_stack {
+            must(in_ns(ns, "ip").args(["-6", "addr", "add", addr, "dev", dev, "nodad"]));
+        }
     }
 
     /// Connects `ns` to the bridge with a veth whose namespace end is `eth0`.
@@ -644,9 +696,14 @@ impl Cluster {
             "trustDomain: cluster.local\ntrustBundle: ca/root.pem\npolicies: [policies]\nnodes:\n",
         );
         for i in 1..=self.nodes {
+            let address = if self.dual_stack {
+                format!("'fd77::{i}'")
+            } else {
+                format!("10.77.0.{i}")
+            };
             let _ = writeln!(
                 y,
-                "  - {{name: node-{i}, address: 10.77.0.{i}, podCidr: 10.77.{i}.0/24}}"
+                "  - {{name: node-{i}, address: {address}, podCidr: 10.77.{i}.0/24}}"
             );
         }
         y.push_str("workloads:\n");
@@ -662,10 +719,14 @@ impl Cluster {
                 .iter()
                 .map(|(port, proto)| format!(", {{port: {port}, protocol: {proto}}}"))
                 .collect();
+            let address = match &p.ip6 {
+                Some(ip6) => format!("ips: [{}, '{ip6}']", p.ip),
+                None => format!("ip: {}", p.ip),
+            };
             let _ = writeln!(
                 y,
-                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, ip: {}, labels: {{{}}}, ports: [{{port: 8080, protocol: {}}}, {{port: 9000, protocol: tcp}}{extra}]}}",
-                p.spec.name, p.spec.namespace, p.spec.service_account, p.spec.node, p.ip, labels.join(", "), self.web_protocol
+                "  - {{name: {}, namespace: {}, serviceAccount: {}, node: node-{}, {address}, labels: {{{}}}, ports: [{{port: 8080, protocol: {}}}, {{port: 9000, protocol: tcp}}{extra}]}}",
+                p.spec.name, p.spec.namespace, p.spec.service_account, p.spec.node, labels.join(", "), self.web_protocol
             );
         }
         y.push_str("services:\n  - {name: web, namespace: shop, vip: 10.96.0.10, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n");
@@ -920,7 +981,8 @@ impl Cluster {
         (code.trim().to_owned(), body.to_owned())
     }
 
-    /// The request lines (`METHOD PATH`) a pod's HTTP server has received.
+    /// The requests a pod's HTTP server has received, a line each: `METHOD PATH from ADDRESS`
+    /// (the client address as the workload saw it).
     pub fn seen_by(&self, pod: &str) -> String {
         std::fs::read_to_string(self.path(&format!("seen-{pod}.log"))).unwrap_or_default()
     }
@@ -1006,13 +1068,20 @@ impl Drop for Cluster {
 }
 
 const SERVER_PY: &str = r#"
-import http.server, sys
+import http.server, socket, sys
 NAME = sys.argv[1]
 SEEN = open(sys.argv[2], "a", buffering=1)
+class Server(http.server.ThreadingHTTPServer):
+    # Dual-stack: IPv6 and IPv4 (as ::ffff:a.b.c.d) on one socket.
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def handle_any(self):
-        SEEN.write(f"{self.command} {self.path}\n")
+        client = self.client_address[0].removeprefix("::ffff:")
+        SEEN.write(f"{self.command} {self.path} from {client}\n")
         n = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(n) if n else b""
         out = f"{NAME} {self.command} {self.path} {len(body)}\n".encode()
@@ -1023,7 +1092,7 @@ class H(http.server.BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_DELETE = handle_any
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("0.0.0.0", 8080), H).serve_forever()
+Server(("::", 8080), H).serve_forever()
 "#;
 
 #[cfg(test)]

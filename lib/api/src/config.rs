@@ -13,7 +13,7 @@
 //!     namespace: shop
 //!     serviceAccount: web
 //!     node: node-1
-//!     ip: 10.77.1.2
+//!     ip: 10.77.1.2                      # or, dual-stack: ips: [10.77.1.2, fd77:1::2]
 //!     labels: {app: web}
 //!     ports: [{port: 80, protocol: http}]
 //! services:
@@ -85,7 +85,12 @@ pub struct WorkloadSpec {
     pub namespace: String,
     pub service_account: String,
     pub node: String,
-    pub ip: IpAddr,
+    /// The workload's address; a dual-stack workload gives `ips` instead (one per family, as
+    /// Kubernetes' `status.podIPs`).
+    #[serde(default)]
+    pub ip: Option<IpAddr>,
+    #[serde(default)]
+    pub ips: Vec<IpAddr>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
@@ -94,6 +99,22 @@ pub struct WorkloadSpec {
     /// authentication is STRICT (otherwise the node drops it: it cannot be authenticated).
     #[serde(default)]
     pub allow_non_tcp: bool,
+}
+
+impl WorkloadSpec {
+    /// Every address of the workload: `ip`, or `ips`. Errors name the field.
+    pub fn addresses(&self, i: usize) -> Result<Vec<IpAddr>, ConfigError> {
+        match (self.ip, self.ips.as_slice()) {
+            (Some(ip), []) => Ok(vec![ip]),
+            (None, []) => Err(ConfigError(format!(
+                "workloads[{i}]: needs an address (`ip`, or `ips` for a dual-stack workload)"
+            ))),
+            (Some(_), _) => Err(ConfigError(format!(
+                "workloads[{i}]: give either `ip` or `ips`, not both"
+            ))),
+            (None, ips) => Ok(ips.to_vec()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -305,15 +326,18 @@ impl MeshFile {
         }
         let mut seen_ips = HashMap::new();
         let mut workloads = Vec::with_capacity(self.workloads.len());
+        let mut addresses = Vec::with_capacity(self.workloads.len());
         for (i, w) in self.workloads.iter().enumerate() {
             let node = nodes
                 .get(w.node.as_str())
                 .ok_or_else(|| err(format!("workloads[{i}].node: unknown node {:?}", w.node)))?;
-            if let Some(other) = seen_ips.insert(w.ip, i) {
-                return Err(err(format!(
-                    "workloads[{i}].ip: {} is used by workloads[{other}] too",
-                    w.ip
-                )));
+            let ips = w.addresses(i)?;
+            for ip in &ips {
+                if let Some(other) = seen_ips.insert(*ip, i) {
+                    return Err(err(format!(
+                        "workloads[{i}]: address {ip} is used by workloads[{other}] too"
+                    )));
+                }
             }
             let ports = w
                 .ports
@@ -334,25 +358,34 @@ impl MeshFile {
                     name: w.name.clone(),
                     service_account: w.service_account.clone(),
                     node: w.node.clone(),
-                    ips: vec![ip_to_bytes(w.ip)],
+                    ips: ips.iter().copied().map(ip_to_bytes).collect(),
                     node_address: ip_to_bytes(node.address),
                     labels: w.labels.clone(),
                     ports,
                     allow_non_tcp: w.allow_non_tcp,
                 },
             ));
+            addresses.push(ips);
         }
         let mut services = Vec::with_capacity(self.services.len());
         for s in &self.services {
-            let mut selected: Vec<&WorkloadSpec> = self
+            // A service's endpoints are the selected workloads' addresses in its VIP's family
+            // (as Kubernetes keeps one EndpointSlice per family).
+            let mut selected: Vec<IpAddr> = self
                 .workloads
                 .iter()
-                .filter(|w| {
+                .zip(&addresses)
+                .filter(|(w, _)| {
                     w.namespace == s.namespace
                         && s.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
                 })
+                .filter_map(|(_, ips)| {
+                    ips.iter()
+                        .copied()
+                        .find(|ip| ip.is_ipv4() == s.vip.is_ipv4())
+                })
                 .collect();
-            selected.sort_by_key(|w| w.ip);
+            selected.sort();
             let ports = s
                 .ports
                 .iter()
@@ -365,8 +398,8 @@ impl MeshFile {
                     ) as i32,
                     endpoints: selected
                         .iter()
-                        .map(|w| pb::Endpoint {
-                            ip: ip_to_bytes(w.ip),
+                        .map(|ip| pb::Endpoint {
+                            ip: ip_to_bytes(*ip),
                             port: u32::from(p.target_port.unwrap_or(p.port)),
                         })
                         .collect(),
@@ -549,6 +582,70 @@ impl Fnv {
         for b in bytes {
             self.0 ^= u64::from(*b);
             self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(workloads: &str) -> MeshFile {
+        let text = format!(
+            "trustBundle: root.pem\nnodes:\n  - {{name: n1, address: 'fd77::1'}}\nworkloads:\n{workloads}services:\n  - {{name: web, namespace: shop, vip: 10.96.0.10, selector: {{app: web}}, ports: [{{port: 80}}]}}\n  - {{name: web6, namespace: shop, vip: 'fd96::10', selector: {{app: web}}, ports: [{{port: 80}}]}}\n"
+        );
+        MeshFile::parse(&text, "mesh.yaml").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn ip(s: &str) -> Vec<u8> {
+        crate::resources::ip_to_bytes(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")))
+    }
+
+    #[test]
+    fn a_dual_stack_workload_carries_both_addresses_and_each_vip_its_own_family() {
+        let f = file(
+            "  - {name: a, namespace: shop, serviceAccount: a, node: n1, ips: [10.1.0.2, 'fd01::2'], labels: {app: web}}\n  - {name: b, namespace: shop, serviceAccount: b, node: n1, ip: 10.1.0.3, labels: {app: web}}\n",
+        );
+        let (workloads, services) = f.resources().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(workloads[0].1.ips, vec![ip("10.1.0.2"), ip("fd01::2")]);
+        assert_eq!(workloads[1].1.ips, vec![ip("10.1.0.3")]);
+        assert_eq!(workloads[0].1.node_address, ip("fd77::1"));
+        let endpoints = |i: usize| -> Vec<Vec<u8>> {
+            services[i].1.ports[0]
+                .endpoints
+                .iter()
+                .map(|e| e.ip.clone())
+                .collect()
+        };
+        assert_eq!(endpoints(0), vec![ip("10.1.0.2"), ip("10.1.0.3")]);
+        assert_eq!(
+            endpoints(1),
+            vec![ip("fd01::2")],
+            "IPv6 VIP, IPv6 endpoints only"
+        );
+    }
+
+    #[test]
+    fn workload_addresses_are_checked_with_the_field_named() {
+        for (workloads, want) in [
+            (
+                "  - {name: a, namespace: shop, serviceAccount: a, node: n1}\n",
+                "workloads[0]: needs an address",
+            ),
+            (
+                "  - {name: a, namespace: shop, serviceAccount: a, node: n1, ip: 10.1.0.2, ips: ['fd01::2']}\n",
+                "workloads[0]: give either `ip` or `ips`",
+            ),
+            (
+                "  - {name: a, namespace: shop, serviceAccount: a, node: n1, ips: [10.1.0.2, 'fd01::2']}\n  - {name: b, namespace: shop, serviceAccount: b, node: n1, ip: 'fd01::2'}\n",
+                "workloads[1]: address fd01::2 is used by workloads[0] too",
+            ),
+        ] {
+            let err = match file(workloads).resources() {
+                Ok(_) => panic!("accepted: {workloads}"),
+                Err(e) => e.to_string(),
+            };
+            assert!(err.contains(want), "{err} (wanted {want})");
         }
     }
 }

@@ -284,7 +284,7 @@ fn kubernetes_mode_drives_every_proxy_from_the_api_server() {
         "node-1's proxy saw traffic of an unenrolled pod"
     );
     let set = ward_tests::must(
-        ward_tests::in_ns(&c.ns("n1"), "nft").args(["list", "set", "ip", "ward", "pods"]),
+        ward_tests::in_ns(&c.ns("n1"), "nft").args(["list", "set", "inet", "ward", "pods4"]),
     );
     assert!(
         !set.contains(&legacy_ip) && set.contains(&c.pod("client-1").ip),

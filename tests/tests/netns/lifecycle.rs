@@ -34,10 +34,22 @@ fn rules_outlive_the_proxy_until_uninstalled_and_a_restart_adopts_them() {
     c.write_mesh("");
     c.serve_http("web-2");
     let before = rulesets(&c);
+    // node-1 was run by an earlier release, whose IPv4-only table was `ip ward`: the new
+    // proxy replaces it (IPv4 and IPv6 in `inet ward`) in the same transaction.
+    must(in_ns(&c.ns("n1"), "nft").args(["add", "table", "ip", "ward"]));
     c.start_proxy(1, &[]);
     c.start_proxy(2, &[]);
-    let during = must(in_ns(&c.ns("n1"), "nft").args(["list", "table", "ip", "ward"]));
+    let during = must(in_ns(&c.ns("n1"), "nft").args(["list", "table", "inet", "ward"]));
     assert!(during.contains("redirect to :15001"), "{during}");
+    assert!(
+        during.contains("ip6 saddr @pods6"),
+        "IPv6 is not intercepted: {during}"
+    );
+    let legacy = ward_tests::run(in_ns(&c.ns("n1"), "nft").args(["list", "table", "ip", "ward"]));
+    assert!(
+        !legacy.status.success(),
+        "the earlier release's table was left beside the new one"
+    );
     let web2 = c.pod("web-2").ip.clone();
     assert_eq!(
         c.curl("client-1", &format!("http://{web2}:8080/"), &[]).0,
@@ -46,7 +58,7 @@ fn rules_outlive_the_proxy_until_uninstalled_and_a_restart_adopts_them() {
     assert!(c.stop_proxy(1).success());
     assert!(c.stop_proxy(2).success());
     // Stopped: the rules stay (the node stays closed; see the next test).
-    let after_stop = must(in_ns(&c.ns("n1"), "nft").args(["list", "table", "ip", "ward"]));
+    let after_stop = must(in_ns(&c.ns("n1"), "nft").args(["list", "table", "inet", "ward"]));
     assert!(after_stop.contains("redirect to :15001"), "{after_stop}");
     // A restart adopts them and works.
     c.start_proxy(1, &[]);

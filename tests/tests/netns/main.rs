@@ -5,6 +5,7 @@
 mod control;
 mod datapath;
 mod demo;
+mod dualstack;
 mod hostile;
 mod interop;
 mod l7;
