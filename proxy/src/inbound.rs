@@ -237,7 +237,8 @@ pub(crate) async fn connect_stream(
         hbone::respond(respond, StatusCode::UNAUTHORIZED);
         return;
     }
-    let upstream = match socket::connect(target, UPSTREAM_TIMEOUT).await {
+    let from = ctx.upstream_source(source_ip);
+    let upstream = match socket::connect_as(target, from, UPSTREAM_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
             let reason = format!("connecting to {target}: {e}");
@@ -399,7 +400,9 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
         ctx.log.log(rec);
         return;
     }
-    let upstream = match socket::connect(target, UPSTREAM_TIMEOUT).await {
+    // The peer completed a TCP handshake from this address: it owns it.
+    let from = ctx.upstream_source(peer.ip());
+    let upstream = match socket::connect_as(target, from, UPSTREAM_TIMEOUT).await {
         Ok(s) => s,
         Err(e) => {
             rec.reason = format!("connecting to {target}: {e}");

@@ -8,7 +8,8 @@
 //!   `\`, `;`) is refused with 400 unless `--allow-ambiguous-paths`;
 //! - a denial is 403 with a short generic body (no policy names leak to the caller); gRPC
 //!   requests get a trailers-only response with `grpc-status: 7` (PERMISSION_DENIED);
-//! - allowed requests go to the workload over a pooled client (per target and HTTP version);
+//! - allowed requests go to the workload over a pooled client (per target, caller address and
+//!   HTTP version: connections are made from the caller's own address);
 //!   chunked request bodies are read whole (≤ 4 MiB) before anything is forwarded, so a request
 //!   with broken chunking never reaches the workload; malformed requests get 400 from the HTTP
 //!   parser and close the connection.
@@ -108,8 +109,15 @@ const MAX_BUFFERED_BODY: usize = 4 * 1024 * 1024;
 #[derive(Default)]
 pub struct L7 {
     pub allow_ambiguous_paths: bool,
-    clients: Mutex<HashMap<(SocketAddr, bool), Upstream>>,
+    clients: Mutex<HashMap<ClientKey, (Upstream, Instant)>>,
 }
+
+/// One pooled client per target, source address (connections are made from the caller's own
+/// address, so callers never share one) and HTTP version.
+type ClientKey = (SocketAddr, Option<IpAddr>, bool);
+
+/// A client unused this long is dropped by [`L7::sweep`] (its connections idle out sooner).
+const CLIENT_IDLE: Duration = Duration::from_secs(120);
 
 impl L7 {
     pub fn new(allow_ambiguous_paths: bool) -> Self {
@@ -119,25 +127,38 @@ impl L7 {
         }
     }
 
-    fn client(&self, target: SocketAddr, h2: bool) -> Upstream {
+    fn client(&self, target: SocketAddr, source: Option<IpAddr>, h2: bool) -> Upstream {
+        let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let (client, used) = clients.entry((target, source, h2)).or_insert_with(|| {
+            let client = Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .http2_only(h2)
+                .build(TargetConnector { target, source });
+            (client, Instant::now())
+        });
+        *used = Instant::now();
+        client.clone()
+    }
+
+    /// Forgets clients nobody used for [`CLIENT_IDLE`]: one exists per caller address, and
+    /// callers come and go, so the map must not only grow.
+    pub fn sweep(&self) {
+        let now = Instant::now();
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((target, h2))
-            .or_insert_with(|| {
-                Client::builder(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .pool_idle_timeout(Duration::from_secs(60))
-                    .http2_only(h2)
-                    .build(TargetConnector(target))
-            })
-            .clone()
+            .retain(|_, (_, used)| now.duration_since(*used) < CLIENT_IDLE);
     }
 }
 
-/// Connects every request of a client to one fixed target, with the proxy's mark.
+/// Connects every request of a client to one fixed target, with the proxy's mark, from the
+/// caller's address when transparent connections work.
 #[derive(Clone)]
-pub struct TargetConnector(SocketAddr);
+pub struct TargetConnector {
+    target: SocketAddr,
+    source: Option<IpAddr>,
+}
 
 impl tower_service::Service<http::Uri> for TargetConnector {
     type Response = TokioIo<tokio::net::TcpStream>;
@@ -154,9 +175,9 @@ impl tower_service::Service<http::Uri> for TargetConnector {
     }
 
     fn call(&mut self, _uri: http::Uri) -> Self::Future {
-        let target = self.0;
+        let (target, source) = (self.target, self.source);
         Box::pin(async move {
-            socket::connect(target, Duration::from_secs(5))
+            socket::connect_as(target, source, Duration::from_secs(5))
                 .await
                 .map(TokioIo::new)
         })
@@ -420,9 +441,10 @@ async fn handle(
     } else {
         Counted::new(body.boxed(), request_bytes.clone()).boxed()
     };
+    let source = ctx.upstream_source(caller.source_ip);
     let resp = match ctx
         .l7
-        .client(caller.target, h2)
+        .client(caller.target, source, h2)
         .request(http::Request::from_parts(parts, body))
         .await
     {

@@ -95,6 +95,17 @@ pub struct Ctx {
     pub draining: std::sync::atomic::AtomicBool,
     /// Set at the end of the drain: every relay closes.
     pub hard_stop: watch::Sender<bool>,
+    /// The return route of transparent connections is installed: connections to workloads
+    /// are made from their clients' own addresses (see [`socket::connect_as`]).
+    pub transparent: std::sync::atomic::AtomicBool,
+}
+
+impl Ctx {
+    /// The address to connect to a workload from, for a client at `client`: the client's own
+    /// when transparent connections work here, else none (the node's address).
+    pub fn upstream_source(&self, client: std::net::IpAddr) -> Option<std::net::IpAddr> {
+        self.transparent.load(Ordering::Relaxed).then_some(client)
+    }
 }
 
 /// Runs the proxy until SIGTERM/SIGINT, then drains and cleans up.
@@ -150,6 +161,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         l7: l7::L7::new(cfg.allow_ambiguous_paths),
         hbone_tls: std::sync::Mutex::new(None),
         hard_stop: watch::channel(false).0,
+        transparent: std::sync::atomic::AtomicBool::new(false),
     });
 
     let (stop_tx, stop) = watch::channel(false);
@@ -197,6 +209,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
             sweeper.pool.sweep();
+            sweeper.l7.sweep();
         }
     });
 
@@ -247,6 +260,14 @@ async fn on_config_change(ctx: Arc<Ctx>, cfg: Config) {
                     };
                     match result {
                         Ok(()) => {
+                            if installed.is_none() {
+                                match redirect::install_return_route() {
+                                    Ok(()) => ctx.transparent.store(true, Ordering::Relaxed),
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "no return route for transparent connections: workloads see the node's address instead of their clients'")
+                                    }
+                                }
+                            }
                             tracing::info!(
                                 captured = capture.pods.len(),
                                 closed_to_non_tcp = capture.closed.len(),

@@ -31,6 +31,10 @@ use std::process::{Command, Stdio};
 
 use crate::socket::PROXY_MARK;
 
+/// The packet mark of replies to the proxy's own connections, and the number of the routing
+/// table that delivers them locally (1338).
+pub const REPLY_MARK: u32 = 0x53a;
+
 /// Whether the proxy manages redirection rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Mode {
@@ -103,6 +107,27 @@ pub fn ruleset(capture: &Capture, outbound_port: u16, inbound_plaintext_port: u1
              \t\t{ip} daddr @pods{v} meta l4proto tcp redirect to :{inbound_plaintext_port}\n"
         ));
     }
+    // The return path of transparent connections (the workload sees its client's address):
+    // every connection the proxy opens is marked (`ct mark`) when it starts; the replies to
+    // it get the reply mark in prerouting, and the policy route of that mark (see
+    // `install_return_route`) delivers them locally — to the proxy's socket bound to the
+    // client's address — instead of forwarding them to the client itself. The empty `nat`
+    // postrouting chain makes the kernel give a proxy connection whose addresses and ports
+    // equal a client connection it already tracks (a same-node client's original connection)
+    // a fresh source port instead of dropping it as a clash.
+    s.push_str(&format!(
+        "\t}}\n\
+         \tchain output {{\n\
+         \t\ttype filter hook output priority mangle; policy accept;\n\
+         \t\tmeta mark {PROXY_MARK:#x} ct state new ct mark set {PROXY_MARK:#x}\n\
+         \t}}\n\
+         \tchain replies {{\n\
+         \t\ttype filter hook prerouting priority mangle; policy accept;\n\
+         \t\tct mark {PROXY_MARK:#x} meta mark set {REPLY_MARK:#x}\n\
+         \t}}\n\
+         \tchain postrouting {{\n\
+         \t\ttype nat hook postrouting priority srcnat; policy accept;\n"
+    ));
     s.push_str(
         "\t}\n\
          \tchain forward {\n\
@@ -154,12 +179,70 @@ pub fn update(capture: &Capture) -> anyhow::Result<()> {
     nft_script(&set_update(capture))
 }
 
-/// Removes the table (and an earlier release's IPv4-only one) if present.
+/// Removes the table (and an earlier release's IPv4-only one) and the return route, if present.
 pub fn remove() -> anyhow::Result<()> {
     nft_script(&format!(
         "table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n\
          table {LEGACY_FAMILY} {TABLE}\ndelete table {LEGACY_FAMILY} {TABLE}\n"
-    ))
+    ))?;
+    remove_return_route()
+}
+
+/// The policy route that delivers replies to transparent connections locally, per family:
+/// `ip rule fwmark REPLY_MARK lookup 1338` and `local default dev lo table 1338`. Idempotent
+/// (the route is replaced; the rule added only if missing — never deleted and re-added, which
+/// would misroute replies for a moment). Like the table, it outlives the proxy.
+pub fn install_return_route() -> anyhow::Result<()> {
+    let table = REPLY_MARK.to_string();
+    let mark = format!("{REPLY_MARK:#x}");
+    let install = |family: &str, default: &str| -> anyhow::Result<()> {
+        ip_cmd(&[
+            family, "route", "replace", "local", default, "dev", "lo", "table", &table,
+        ])?;
+        let rules = ip_cmd(&[family, "rule", "show", "fwmark", &mark])?;
+        if !rules.contains(&format!("lookup {table}")) {
+            ip_cmd(&[family, "rule", "add", "fwmark", &mark, "lookup", &table])?;
+        }
+        Ok(())
+    };
+    install("-4", "0.0.0.0/0")?;
+    // A node without IPv6 has no IPv6 clients to preserve.
+    if let Err(e) = install("-6", "::/0") {
+        tracing::warn!(error = %e, "no IPv6 return route (IPv6 unavailable?)");
+    }
+    Ok(())
+}
+
+fn remove_return_route() -> anyhow::Result<()> {
+    let table = REPLY_MARK.to_string();
+    let mark = format!("{REPLY_MARK:#x}");
+    for family in ["-4", "-6"] {
+        // Without IPv6 there is nothing to show or remove for `-6`.
+        let Ok(rules) = ip_cmd(&[family, "rule", "show", "fwmark", &mark]) else {
+            continue;
+        };
+        for _ in rules.lines().filter(|l| l.contains("lookup")) {
+            ip_cmd(&[family, "rule", "del", "fwmark", &mark, "lookup", &table])?;
+        }
+        // Absent already is fine: flushing an empty table fails only with "no such table".
+        let _ = ip_cmd(&[family, "route", "flush", "table", &table]);
+    }
+    Ok(())
+}
+
+fn ip_cmd(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| anyhow::anyhow!("running ip (apt-get install -y iproute2): {e}"))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// How to name the table on an `nft` command line (`nft list table inet ward`).

@@ -1,8 +1,10 @@
 //! Socket options the proxy needs: the mark that exempts its own traffic from interception,
-//! and the original destination of a redirected connection. Both go through `socket2`, so
-//! this crate needs no `unsafe`.
+//! the original destination of a redirected connection, and transparent (`IP_TRANSPARENT`)
+//! connections that carry the client's own address to the workload. All go through
+//! `socket2`, so this crate needs no `unsafe`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
@@ -28,6 +30,24 @@ pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
 
 /// Connects with the proxy's mark set and Nagle off, within `timeout`.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
+    connect_as(addr, None, timeout).await
+}
+
+/// [`connect`], from the client's own address `source` when given: the socket is transparent
+/// (`IP_TRANSPARENT`, needs CAP_NET_ADMIN) and bound to `source` (port chosen by the kernel),
+/// so the workload sees its caller as it would without a mesh. The replies come back to this
+/// socket through the node's return route ([`crate::redirect`]: connection mark → local
+/// delivery). `source` must be an address the caller owns — the callers pass only an
+/// authenticated workload's address or the peer of a completed TCP handshake. Not used:
+/// a `source` of the other family than `addr`, or equal to it (a pod calling itself through a
+/// Service: a packet from its own address would be dropped as a martian). If the socket
+/// cannot be made transparent (no CAP_NET_ADMIN), the connection is made from the node's
+/// address instead, with one warning.
+pub async fn connect_as(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
     // Non-blocking from creation: saves two fcntl calls per connection.
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -39,6 +59,18 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> std::io::Result<Tcp
         tracing::trace!(error = %e, "SO_MARK not set");
     }
     socket.set_tcp_nodelay(true)?;
+    if let Some(source) = source.filter(|s| s.is_ipv4() == addr.is_ipv4() && *s != addr.ip()) {
+        // IP_TRANSPARENT at the IP level also applies to IPv6 sockets (one flag in the kernel).
+        match socket.set_ip_transparent_v4(true) {
+            Ok(()) => socket.bind(&SocketAddr::new(source, 0).into())?,
+            Err(e) => {
+                static WARNED: AtomicBool = AtomicBool::new(false);
+                if !WARNED.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "cannot make transparent sockets (CAP_NET_ADMIN?): workloads see the node's address instead of their clients'");
+                }
+            }
+        }
+    }
     let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
     tokio::time::timeout(timeout, socket.connect(addr))
         .await

@@ -36,6 +36,7 @@ async fn ctx() -> Arc<Ctx> {
         l7: crate::l7::L7::default(),
         hbone_tls: std::sync::Mutex::new(None),
         hard_stop: watch::channel(false).0,
+        transparent: std::sync::atomic::AtomicBool::new(false),
     })
 }
 

@@ -162,6 +162,10 @@ fn every_dockerfile_parses_and_builds_what_the_workspace_has() {
                 installs.contains("nftables"),
                 "{file}: the proxy needs the nft binary"
             );
+            assert!(
+                installs.contains("iproute2"),
+                "{file}: the proxy needs the ip binary (the return route of transparent connections)"
+            );
         }
     }
     // The build context leaves out what is not source.

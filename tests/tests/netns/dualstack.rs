@@ -78,6 +78,12 @@ fn ipv6_pod_to_pod_crosses_nodes_only_inside_the_tunnel() {
         "{rec}"
     );
     assert_eq!(rec["src"], client1, "{rec}");
+    // And the workload saw its client's own IPv6 address (a transparent IPv6 connection).
+    let seen = c.seen_by("web-2");
+    assert!(
+        seen.contains(&format!("POST /upload from {client1}\n")),
+        "{seen}"
+    );
     // IPv4 keeps working beside it.
     let web2_v4 = c.pod("web-2").ip.clone();
     let (code, _) = c.curl("client-1", &format!("http://{web2_v4}:8080/v4"), &[]);

@@ -20,7 +20,7 @@ use crate::two_by_two;
 
 const NODE2: &str = "10.77.0.2:15008";
 
-fn issue(c: &Cluster, ca: &str, id: &str, out: &str) {
+pub(crate) fn issue(c: &Cluster, ca: &str, id: &str, out: &str) {
     must(
         std::process::Command::new(binary("ward"))
             .args(["ca", "issue", "--spiffe-id", id, "--ca"])
@@ -88,7 +88,7 @@ async fn tls_connect(
 }
 
 /// Sends one HTTP/2 request over a fresh tunnel connection; returns the status.
-async fn h2_status(
+pub(crate) async fn h2_status(
     c: &Cluster,
     method: http::Method,
     uri: &str,

@@ -15,6 +15,12 @@ fn rulesets(c: &Cluster) -> Vec<String> {
         let ns = c.ns(ns);
         out.push(must(in_ns(&ns, "nft").args(["list", "ruleset"])));
         out.push(must(&mut in_ns(&ns, "iptables-save")));
+        // The return route of transparent connections (policy rule + table) goes too.
+        out.push(must(in_ns(&ns, "ip").args(["-4", "rule", "show"])));
+        out.push(must(in_ns(&ns, "ip").args(["-6", "rule", "show"])));
+        out.push(must(
+            in_ns(&ns, "ip").args(["-4", "route", "show", "table", "all"]),
+        ));
     }
     out
 }

@@ -2,6 +2,7 @@
 //! They need root; CI runs as root. One cluster at a time (see `SERIAL`).
 #![allow(clippy::unwrap_used)] // reason: tests fail loudly on unexpected errors
 
+mod clientaddr;
 mod control;
 mod datapath;
 mod demo;
