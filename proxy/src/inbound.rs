@@ -224,6 +224,7 @@ pub(crate) async fn connect_stream(
             target,
             workload: w.clone(),
             labels: *labels,
+            bytes: Arc::default(),
         };
         return Box::pin(serve_l7(ctx, io, caller, rec, started)).await;
     }
@@ -292,12 +293,27 @@ async fn serve_l7(
         ctx.conns
             .register(caller.peer.clone(), caller.source_ip, caller.target, true);
     let labels = caller.labels.clone();
+    let bytes = caller.bytes.clone();
     ctx.metrics.opened(&labels);
     crate::l7::serve(ctx.clone(), io, caller).await;
-    // Bytes of HTTP connections are not counted yet (requests are, by response code).
-    ctx.metrics.closed(&labels, 0, 0);
+    l7_closed(&ctx, &labels, &bytes, &mut rec);
     rec.duration_ms = started.elapsed().as_millis() as u64;
     ctx.log.log(rec);
+}
+
+/// An HTTP connection ended: its record and byte metrics carry the body bytes of all its
+/// requests (each request has its own line too).
+fn l7_closed(
+    ctx: &Ctx,
+    labels: &crate::metrics::ConnLabels,
+    bytes: &crate::l7::ConnBytes,
+    rec: &mut Record,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    rec.bytes_sent = bytes.sent.load(Relaxed);
+    rec.bytes_received = bytes.received.load(Relaxed);
+    ctx.metrics
+        .closed(labels, rec.bytes_sent, rec.bytes_received);
 }
 
 fn local_workload<'s>(snap: &'s Snapshot, node: &str, ip: IpAddr) -> Option<&'s Arc<Workload>> {
@@ -382,11 +398,13 @@ pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: So
             target,
             workload: w.clone(),
             labels: (*labels).clone(),
+            bytes: Arc::default(),
         };
+        let bytes = caller.bytes.clone();
         ctx.metrics.opened(&labels);
         // Boxed: the HTTP server state lives on the heap, keeping this future small.
         Box::pin(crate::l7::serve(ctx.clone(), tcp, caller)).await;
-        ctx.metrics.closed(&labels, 0, 0);
+        l7_closed(&ctx, &labels, &bytes, &mut rec);
         rec.duration_ms = started.elapsed().as_millis() as u64;
         ctx.log.log(rec);
         return;

@@ -193,6 +193,17 @@ pub struct Caller {
     pub workload: Arc<Workload>,
     /// The connection's metric labels (requests are counted under them).
     pub labels: crate::metrics::ConnLabels,
+    /// Body bytes of the connection's requests so far (its access-log line and byte metrics).
+    pub bytes: Arc<ConnBytes>,
+}
+
+/// Body bytes of every request on one connection, each direction.
+#[derive(Debug, Default)]
+pub struct ConnBytes {
+    /// To the caller (response bodies).
+    pub sent: AtomicU64,
+    /// From the caller (request bodies forwarded to the workload).
+    pub received: AtomicU64,
 }
 
 /// Serves HTTP on `io` (the client side of a tunnel or plaintext connection) until it closes.
@@ -306,11 +317,16 @@ async fn handle(
             .request(&caller.labels, resp.status().as_u16(), started.elapsed());
         let log = ctx.log.handle();
         let received = request_bytes.clone();
+        let totals = caller.bytes.clone();
         let (parts, body) = resp.into_parts();
         let mut counted = Counted::new(body, Arc::new(AtomicU64::new(0)));
         counted.on_end = Some(Box::new(move |sent| {
             rec.bytes_sent = sent;
             rec.bytes_received = received.load(Ordering::Relaxed);
+            totals.sent.fetch_add(rec.bytes_sent, Ordering::Relaxed);
+            totals
+                .received
+                .fetch_add(rec.bytes_received, Ordering::Relaxed);
             rec.duration_ms = started.elapsed().as_millis() as u64;
             log.log(rec);
         }));

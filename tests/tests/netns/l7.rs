@@ -264,4 +264,19 @@ fn half_closed_http1_clients_get_their_responses_and_log_lines() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // The connections' own lines carry their requests' bytes too (they used to say 0).
+    let conns: Vec<_> = c
+        .access_log(2)
+        .into_iter()
+        .filter(|r| {
+            r["direction"] == "inbound"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("HTTP port"))
+        })
+        .collect();
+    assert!(conns.len() >= 3, "{conns:?}");
+    for r in &conns {
+        assert!(r["bytes_sent"].as_u64().unwrap() > 0, "no bytes: {r}");
+    }
 }

@@ -223,4 +223,18 @@ fn sigterm_stops_accepting_drains_live_connections_then_closes_them() {
         "closed after {closed:?}"
     );
     assert!(c.stop_proxy(2).success());
+    // The upgrade's second half: the new proxy adopts the rules, and connections flow again
+    // (the closed one is the client's to re-open, as ARCHITECTURE says).
+    c.start_proxy(2, &[]);
+    assert_eq!(
+        c.curl(
+            "client-1",
+            &format!("http://{web2}:8080/after-upgrade"),
+            &[]
+        )
+        .0,
+        "200"
+    );
+    let mut again = c.echo_conn("client-1", "web-2");
+    again.ping("after-upgrade");
 }
