@@ -159,7 +159,7 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("uninstall") {
         return match ward_proxy::redirect::remove() {
             Ok(()) => {
-                println!("ward-proxy: interception rules removed (nftables table inet ward)");
+                println!("ward-proxy: interception rules removed (nftables table inet ward, the return route of fwmark 0x53a)");
                 ExitCode::SUCCESS
             }
             Err(e) => {
