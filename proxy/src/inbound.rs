@@ -67,6 +67,15 @@ async fn hbone_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer_addr: SocketAddr) 
     ) else {
         return;
     };
+    // What protects this tunnel: the hybrid post-quantum group between ward proxies
+    // (`tls::provider`), X25519 with peers that lack it.
+    tracing::debug!(
+        peer = %peer_addr,
+        client = %client_id,
+        key_exchange = ?conn.negotiated_key_exchange_group().map(|g| g.name()),
+        cipher_suite = ?conn.negotiated_cipher_suite().map(|s| s.suite()),
+        "HBONE handshake"
+    );
     let peer = Arc::new(PeerIdentity::from_spiffe_id(&client_id));
     let client_id = Arc::new(client_id);
     let server_id = Arc::new(server_id);

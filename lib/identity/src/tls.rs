@@ -25,9 +25,19 @@ use crate::bundle::SharedBundle;
 use crate::spiffe_id::SpiffeId;
 use crate::svid::{self, PeerRole, SvidError};
 
-/// The crypto provider ward uses everywhere (ring; ECDSA P-256 certificates).
+/// The crypto provider ward uses everywhere: aws-lc-rs (ECDSA P-256 certificates), with the
+/// hybrid post-quantum key exchange X25519MLKEM768 offered and preferred first, so tunnels
+/// between ward proxies are safe against "record now, decrypt later"; X25519 and P-256 stay
+/// accepted for peers without it (older Envoys). *ring* has no ML-KEM, hence aws-lc-rs.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
+    let mut provider = default_provider();
+    provider.kx_groups = vec![
+        kx_group::X25519MLKEM768,
+        kx_group::X25519,
+        kx_group::SECP256R1,
+    ];
+    Arc::new(provider)
 }
 
 /// Verifies client certificates as X509-SVIDs; a client certificate is mandatory.

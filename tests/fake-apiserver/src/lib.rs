@@ -541,7 +541,7 @@ async fn call_webhook(hook: &Webhook, review: &Value) -> Result<Value, String> {
         roots.add(c).map_err(|e| fail(format!("caBundle: {e}")))?;
     }
     let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
+        rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .map_err(|e| fail(e.to_string()))?

@@ -202,6 +202,16 @@ fn only_tls_crosses_the_link_between_nodes() {
         text.contains(".15008"),
         "no HBONE traffic in the capture:\n{text}"
     );
+    // And the tunnel's keys came from the hybrid post-quantum exchange.
+    let log = c.log_of("proxy-2");
+    let handshake = log
+        .lines()
+        .find(|l| l.contains("HBONE handshake"))
+        .unwrap_or_else(|| panic!("no HBONE handshake logged:\n{log}"));
+    assert!(
+        handshake.contains(r#""key_exchange":"Some(X25519MLKEM768)""#),
+        "the ward-to-ward tunnel did not use X25519MLKEM768: {handshake}"
+    );
 }
 
 #[test]

@@ -28,6 +28,8 @@ type ErrPredicate = fn(&SvidError) -> bool;
 struct Outcome {
     client: Result<Option<SpiffeId>, rustls::Error>,
     server: Result<Option<SpiffeId>, rustls::Error>,
+    /// The key-exchange group the server negotiated.
+    group: Option<rustls::NamedGroup>,
 }
 
 async fn handshake(
@@ -35,6 +37,17 @@ async fn handshake(
     client_cert: Option<&Issued>,
     server_cert: &Issued,
     expect: &str,
+) -> Outcome {
+    handshake_offering(bundle, client_cert, server_cert, expect, None).await
+}
+
+/// [`handshake`] with a client offering only `client_groups` (a peer without ward's groups).
+async fn handshake_offering(
+    bundle: &TrustBundle,
+    client_cert: Option<&Issued>,
+    server_cert: &Issued,
+    expect: &str,
+    client_groups: Option<Vec<&'static dyn rustls::crypto::SupportedKxGroup>>,
 ) -> Outcome {
     let provider = tls::provider();
     let time: Arc<dyn rustls::time_provider::TimeProvider> = Arc::new(FixedClock);
@@ -56,7 +69,14 @@ async fn handshake(
         .map(|c| tls::certified_key(vec![c.der.clone()], c.key.clone_key(), &provider).unwrap());
     let verifier =
         SvidServerVerifier::expecting(bundle, SpiffeId::parse(expect).unwrap(), provider.clone());
-    let client_cfg = tls::client_config(verifier, client_key, provider, time).unwrap();
+    let client_provider = match client_groups {
+        Some(groups) => Arc::new(rustls::crypto::CryptoProvider {
+            kx_groups: groups,
+            ..(*provider).clone()
+        }),
+        None => provider,
+    };
+    let client_cfg = tls::client_config(verifier, client_key, client_provider, time).unwrap();
 
     let (a, b) = tokio::io::duplex(64 * 1024);
     let acceptor = TlsAcceptor::from(Arc::new(server_cfg));
@@ -64,10 +84,15 @@ async fn handshake(
     let server = tokio::spawn(async move {
         let mut s = acceptor.accept(b).await.map_err(unwrap_io)?;
         let id = tls::peer_identity(s.get_ref().1);
+        let group = s
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|g| g.name());
         let mut buf = [0u8; 4];
         let _ = s.read_exact(&mut buf).await;
         let _ = s.write_all(b"pong").await;
-        Ok(id)
+        Ok((id, group))
     });
     let name = ServerName::try_from("ignored.invalid").unwrap();
     let client = async {
@@ -80,9 +105,14 @@ async fn handshake(
         Ok(id)
     }
     .await;
+    let (server, group) = match server.await.unwrap() {
+        Ok((id, group)) => (Ok(id), group),
+        Err(e) => (Err(e), None),
+    };
     Outcome {
         client,
-        server: server.await.unwrap(),
+        server,
+        group,
     }
 }
 
@@ -109,6 +139,29 @@ async fn mutual_success_sees_both_ids() {
     let out = handshake(&bundle, Some(&c), &s, SERVER).await;
     assert_eq!(out.client.unwrap().unwrap().as_str(), SERVER);
     assert_eq!(out.server.unwrap().unwrap().as_str(), CLIENT);
+}
+
+/// Between ward peers the hybrid post-quantum group is chosen; a peer that offers only X25519
+/// (an older Envoy, say) is still served, with X25519.
+#[tokio::test]
+async fn ward_peers_agree_on_x25519mlkem768_and_x25519_only_peers_still_connect() {
+    let ca = Ca::root("root");
+    let bundle = ca.bundle("cluster.local");
+    let client = ca.issue(&Leaf::good(CLIENT));
+    let server = ca.issue(&Leaf::good(SERVER));
+    let both = handshake(&bundle, Some(&client), &server, SERVER).await;
+    assert_eq!(both.server.unwrap().unwrap().as_str(), CLIENT);
+    assert_eq!(both.group, Some(rustls::NamedGroup::X25519MLKEM768));
+    let classic = handshake_offering(
+        &bundle,
+        Some(&client),
+        &server,
+        SERVER,
+        Some(vec![rustls::crypto::aws_lc_rs::kx_group::X25519]),
+    )
+    .await;
+    assert_eq!(classic.client.unwrap().unwrap().as_str(), SERVER);
+    assert_eq!(classic.group, Some(rustls::NamedGroup::X25519));
 }
 
 #[tokio::test]
