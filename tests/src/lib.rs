@@ -689,6 +689,53 @@ impl Cluster {
         }
     }
 
+    /// The usual start: the CA, the mesh file (no extra entries), HTTP servers on `http_pods`,
+    /// and every node's proxy, ready.
+    pub fn start_mesh(&mut self, http_pods: &[&str]) {
+        self.start_ca();
+        self.write_mesh("");
+        for pod in http_pods {
+            self.serve_http(pod);
+        }
+        for i in 1..=self.nodes {
+            self.start_proxy(i, &[]);
+        }
+    }
+
+    /// Starts `tcpdump` on node `node`'s link (`filter`, whole packets) into `<dir>/<file>`.
+    pub fn start_capture(&mut self, node: usize, filter: &str, file: &str) -> String {
+        let pcap = self.path(file).display().to_string();
+        let ns = self.ns(&format!("n{node}"));
+        self.spawn(
+            "tcpdump",
+            &ns,
+            Path::new("tcpdump"),
+            &["-i", "eth0", "-U", "-s", "0", "-w", &pcap, filter],
+        );
+        std::thread::sleep(Duration::from_millis(800));
+        pcap
+    }
+
+    /// Stops the capture of [`Cluster::start_capture`], asserts it saw traffic and never
+    /// `marker` in clear text, and returns tcpdump's reading of it.
+    pub fn stop_capture(&mut self, pcap: &str, marker: &str) -> String {
+        std::thread::sleep(Duration::from_millis(500));
+        self.stop("tcpdump");
+        let captured = std::fs::read(pcap).unwrap_or_else(|e| panic!("{pcap}: {e}"));
+        assert!(
+            captured.len() > 1000,
+            "the capture saw no traffic ({} bytes)",
+            captured.len()
+        );
+        assert!(
+            !captured
+                .windows(marker.len())
+                .any(|w| w == marker.as_bytes()),
+            "the marker crossed the link in clear text"
+        );
+        must(Command::new("tcpdump").args(["-nn", "-r", pcap]))
+    }
+
     /// Writes the mesh configuration: nodes, pods, a service `web` (10.96.0.10:80 → 8080 on
     /// pods labelled app=web), `extra` appended verbatim, and policies from `policies/`.
     pub fn write_mesh(&self, extra: &str) {

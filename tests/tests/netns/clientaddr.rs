@@ -87,12 +87,7 @@ fn every_way_in(c: &Cluster, tag: &str) {
 fn the_workload_sees_its_clients_own_address() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new(2, &two_by_two());
-    c.start_ca();
-    c.write_mesh("");
-    c.serve_http("web-1");
-    c.serve_http("web-2");
-    c.start_proxy(1, &[]);
-    c.start_proxy(2, &[]);
+    c.start_mesh(&["web-1", "web-2"]);
 
     // L4 port (the tunnel's bytes go to the workload as they are).
     every_way_in(&c, "l4");
@@ -151,11 +146,7 @@ fn the_workload_sees_its_clients_own_address() {
 fn a_tunnel_cannot_claim_another_identitys_address() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new(2, &two_by_two());
-    c.start_ca();
-    c.write_mesh("");
-    c.serve_http("web-2");
-    c.start_proxy(1, &[]);
-    c.start_proxy(2, &[]);
+    c.start_mesh(&["web-2"]);
     issue(
         &c,
         "ca",

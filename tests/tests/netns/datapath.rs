@@ -11,12 +11,7 @@ use crate::two_by_two;
 
 fn cluster() -> Cluster {
     let mut c = Cluster::new(2, &two_by_two());
-    c.start_ca();
-    c.write_mesh("");
-    c.serve_http("web-1");
-    c.serve_http("web-2");
-    c.start_proxy(1, &[]);
-    c.start_proxy(2, &[]);
+    c.start_mesh(&["web-1", "web-2"]);
     c
 }
 
@@ -163,16 +158,7 @@ fn only_tls_crosses_the_link_between_nodes() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = cluster();
     let marker = "WARD-MARKER-7f3a9c-never-in-clear";
-    let pcap = c.path("link.pcap").display().to_string();
-    let n1 = c.ns("n1");
-    let tcpdump = std::path::PathBuf::from("tcpdump");
-    c.spawn(
-        "tcpdump",
-        &n1,
-        &tcpdump,
-        &["-i", "eth0", "-U", "-s", "0", "-w", &pcap, "tcp"],
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let pcap = c.start_capture(1, "tcp", "link.pcap");
     let web2 = c.pod("web-2").ip.clone();
     let body = format!("secret={marker}");
     let (code, out) = c.curl(
@@ -182,22 +168,8 @@ fn only_tls_crosses_the_link_between_nodes() {
     );
     assert_eq!(code, "200", "{out}");
     assert_eq!(out.trim(), format!("web-2 POST /upload {}", body.len()));
-    std::thread::sleep(Duration::from_millis(500));
-    c.stop("tcpdump");
-    let captured = std::fs::read(c.path("link.pcap")).unwrap();
-    assert!(
-        captured.len() > 1000,
-        "the capture saw no traffic ({} bytes)",
-        captured.len()
-    );
-    assert!(
-        !captured
-            .windows(marker.len())
-            .any(|w| w == marker.as_bytes()),
-        "the marker crossed the link in clear text"
-    );
+    let text = c.stop_capture(&pcap, marker);
     // And the tunnel port is what was on the wire.
-    let text = must(Command::new("tcpdump").args(["-nn", "-r", &pcap]));
     assert!(
         text.contains(".15008"),
         "no HBONE traffic in the capture:\n{text}"

@@ -3,7 +3,6 @@
 //! and plaintext TCP or UDP over IPv6 from outside the mesh does not reach a STRICT pod.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use ward_tests::{in_ns, must, Cluster, SERIAL};
@@ -12,12 +11,7 @@ use crate::two_by_two;
 
 fn cluster() -> Cluster {
     let mut c = Cluster::new_dual_stack(2, &two_by_two());
-    c.start_ca();
-    c.write_mesh("");
-    c.serve_http("web-1");
-    c.serve_http("web-2");
-    c.start_proxy(1, &[]);
-    c.start_proxy(2, &[]);
+    c.start_mesh(&["web-1", "web-2"]);
     c
 }
 
@@ -35,15 +29,7 @@ fn ipv6_pod_to_pod_crosses_nodes_only_inside_the_tunnel() {
     let web2 = v6(&c, "web-2");
     let client1 = v6(&c, "client-1");
     let marker = "WARD-V6-MARKER-2b91e0-never-in-clear";
-    let pcap = c.path("link6.pcap").display().to_string();
-    let n1 = c.ns("n1");
-    c.spawn(
-        "tcpdump",
-        &n1,
-        Path::new("tcpdump"),
-        &["-i", "eth0", "-U", "-s", "0", "-w", &pcap, "ip6 and tcp"],
-    );
-    std::thread::sleep(Duration::from_millis(800));
+    let pcap = c.start_capture(1, "ip6 and tcp", "link6.pcap");
     let body = format!("secret={marker}");
     let (code, out) = c.curl(
         "client-1",
@@ -52,17 +38,8 @@ fn ipv6_pod_to_pod_crosses_nodes_only_inside_the_tunnel() {
     );
     assert_eq!(code, "200", "IPv6 pod to pod across nodes failed: {out}");
     assert_eq!(out.trim(), format!("web-2 POST /upload {}", body.len()));
-    std::thread::sleep(Duration::from_millis(500));
-    c.stop("tcpdump");
-    let captured = std::fs::read(&pcap).unwrap();
-    assert!(
-        !captured
-            .windows(marker.len())
-            .any(|w| w == marker.as_bytes()),
-        "the marker crossed the link in clear text over IPv6"
-    );
+    let text = c.stop_capture(&pcap, marker);
     // The tunnel ran between the nodes' IPv6 addresses, to the HBONE port.
-    let text = must(Command::new("tcpdump").args(["-nn", "-r", &pcap]));
     assert!(
         text.contains("fd77::1.") && text.contains("fd77::2.15008"),
         "no HBONE traffic between the nodes' IPv6 addresses in the capture:\n{text}"

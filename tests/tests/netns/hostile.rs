@@ -131,11 +131,7 @@ async fn closed_within(mut s: TcpStream, limit: Duration) -> bool {
 fn hostile_input_gets_statuses_or_closes_and_others_keep_working() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Cluster::new(2, &two_by_two());
-    c.start_ca();
-    c.write_mesh("");
-    c.serve_http("web-2");
-    c.start_proxy(1, &[]);
-    c.start_proxy(2, &[]);
+    c.start_mesh(&["web-2"]);
     issue(
         &c,
         "ca",
