@@ -258,6 +258,8 @@ fn main() -> ExitCode {
         b
     };
     tracing::info!(workers, "runtime");
+    // An idle worker gives freed memory back when asked (`ward_proxy::memory`).
+    builder.on_thread_park(ward_proxy::memory::on_thread_park);
     let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
