@@ -313,6 +313,14 @@ pub fn bars(all: &[Measurement]) -> Vec<Bar> {
             "largest peak RSS (VmHWM, median of repetitions) of either proxy under one iperf3 stream, 1 000 req/s (L4 and L7) and the connection-rate load; every scenario's peak is in the tables below",
         ),
         bar(
+            "proxy RSS above idle 30 s after a load, MiB",
+            2.0,
+            true,
+            get("idle-memory", "idle tunnelled connections", Mode::Ward, "given_back_over_idle_mib"),
+            get("idle-memory", "idle tunnelled connections", Mode::Envoy, "given_back_over_idle_mib"),
+            "10 000 idle tunnelled connections opened and closed: VmRSS 30 s after the close minus VmRSS before any load (larger of the two proxies)",
+        ),
+        bar(
             "policy decision (10 000 policies mesh-wide), µs",
             1.0,
             true,
@@ -486,6 +494,8 @@ pub fn markdown(all: &[Measurement], machine: &str, settings: &str) -> String {
             col("KiB/conn node-2", "kib_per_conn_node2"),
             col("closed again MiB node-1", "closed_mib_node1"),
             col("closed again MiB node-2", "closed_mib_node2"),
+            col("30 s later MiB node-1", "later_mib_node1"),
+            col("30 s later MiB node-2", "later_mib_node2"),
         ],
     );
     out.push_str("## Proxy memory after all load scenarios (idle again)\n\n");

@@ -25,17 +25,20 @@ use crate::bundle::SharedBundle;
 use crate::spiffe_id::SpiffeId;
 use crate::svid::{self, PeerRole, SvidError};
 
-/// The crypto provider ward uses everywhere: aws-lc-rs (ECDSA P-256 certificates), with the
-/// hybrid post-quantum key exchange X25519MLKEM768 offered and preferred first, so tunnels
-/// between ward proxies are safe against "record now, decrypt later"; X25519 and P-256 stay
-/// accepted for peers without it (older Envoys). *ring* has no ML-KEM, hence aws-lc-rs.
+/// The crypto provider ward uses everywhere: *ring* (ECDSA P-256 certificates, AES-GCM and
+/// ChaCha20 suites, randomness) with one key-exchange group from aws-lc-rs, the hybrid
+/// post-quantum X25519MLKEM768, offered and preferred first — so tunnels between ward proxies
+/// are safe against "record now, decrypt later" — then *ring*'s X25519 and P-256 for peers
+/// without it (older Envoys). *ring* has no ML-KEM; taking only that group from aws-lc keeps
+/// the rest of the handshake and every record on the code that was already resident (the
+/// proxy's idle memory is mostly its touched text).
 pub fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::aws_lc_rs::{default_provider, kx_group};
-    let mut provider = default_provider();
+    use rustls::crypto::{aws_lc_rs, ring};
+    let mut provider = ring::default_provider();
     provider.kx_groups = vec![
-        kx_group::X25519MLKEM768,
-        kx_group::X25519,
-        kx_group::SECP256R1,
+        aws_lc_rs::kx_group::X25519MLKEM768,
+        ring::kx_group::X25519,
+        ring::kx_group::SECP256R1,
     ];
     Arc::new(provider)
 }
