@@ -19,6 +19,22 @@ fn ward_in(dir: &Path, siblings: bool) -> std::path::PathBuf {
     ward
 }
 
+/// Runs `cmd`, retrying while the kernel says the copied binary is busy: another test thread
+/// may be writing its own copy at the moment this one forks, and the child then inherits that
+/// write descriptor until it execs (ETXTBSY) — a race of tests that copy executables, not of
+/// the demo.
+fn output(cmd: &mut Command) -> Output {
+    for _ in 0..50 {
+        match cmd.output() {
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r.unwrap(),
+        }
+    }
+    panic!("{cmd:?}: the executable stayed busy");
+}
+
 fn is_root() -> bool {
     let o = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&o.stdout).trim() == "0"
@@ -44,10 +60,7 @@ fn says_only(out: &Output, needle: &str) {
 fn without_its_sibling_binaries_the_demo_says_how_to_build_them() {
     let dir = tempfile::tempdir().unwrap();
     let ward = ward_in(dir.path(), false);
-    let out = Command::new(ward)
-        .args(["demo", "--once"])
-        .output()
-        .unwrap();
+    let out = output(Command::new(ward).args(["demo", "--once"]));
     says_only(&out, "needs ward-proxy next to ward");
     says_only(&out, "cargo build --release -p ward-proxy -p ward-control");
 }
@@ -70,7 +83,7 @@ fn without_root_the_demo_says_so() {
         .args(["-R", "a+rX"])
         .arg(dir.path())
         .status();
-    let out = cmd.args(["demo", "--once"]).output().unwrap();
+    let out = output(cmd.args(["demo", "--once"]));
     says_only(&out, "needs root");
 }
 
@@ -93,11 +106,11 @@ fn without_nft_the_demo_names_the_package() {
         assert!(!real.is_empty(), "{tool} is not installed here");
         std::os::unix::fs::symlink(real, bin.join(tool)).unwrap();
     }
-    let out = Command::new(ward)
-        .args(["demo", "--once"])
-        .env("PATH", &bin)
-        .output()
-        .unwrap();
+    let out = output(
+        Command::new(ward)
+            .args(["demo", "--once"])
+            .env("PATH", &bin),
+    );
     if is_root() {
         says_only(&out, "needs `nft`: apt-get install -y nftables");
     } else {
