@@ -247,7 +247,8 @@ pub async fn bind_all(addr: SocketAddr, what: &str) -> anyhow::Result<Vec<TcpLis
         match bind_v6_only(v6) {
             Ok(l) => listeners.push(l),
             Err(e)
-                if e.raw_os_error() == Some(libc_eafnosupport())
+                // The kernel has no IPv6 at all (booted with `ipv6.disable=1`).
+                if e.raw_os_error() == Some(libc::EAFNOSUPPORT)
                     || e.kind() == std::io::ErrorKind::AddrNotAvailable =>
             {
                 tracing::warn!(listener = what, error = %e, "IPv6 is not available on this node; listening on IPv4 only");
@@ -256,11 +257,6 @@ pub async fn bind_all(addr: SocketAddr, what: &str) -> anyhow::Result<Vec<TcpLis
         }
     }
     Ok(listeners)
-}
-
-/// EAFNOSUPPORT: the kernel has no IPv6 (booted with `ipv6.disable=1`).
-const fn libc_eafnosupport() -> i32 {
-    97
 }
 
 fn bind_v6_only(addr: SocketAddr) -> std::io::Result<TcpListener> {

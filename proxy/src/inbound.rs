@@ -363,7 +363,7 @@ pub async fn serve_plaintext(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::
 
 pub(crate) async fn plaintext_connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
-    let Ok(target) = socket::original_dst(&tcp) else {
+    let Ok(target) = socket::original_dst(&tcp, peer) else {
         return;
     };
     let mut rec = Record::new(

@@ -141,8 +141,8 @@ impl L7 {
         client.clone()
     }
 
-    /// Forgets clients nobody used for [`CLIENT_IDLE`]: one exists per caller address, and
-    /// callers come and go, so the map must not only grow.
+    /// Forgets clients nobody used for 2 minutes (`CLIENT_IDLE`): one exists per caller
+    /// address, and callers come and go, so the map must not only grow.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.clients

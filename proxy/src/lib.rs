@@ -6,8 +6,10 @@
 //! [`hbone`] speaks HTTP/2 CONNECT (both roles) over any byte stream.
 //! Around it: [`state`] (atomically swapped configuration), [`certs`] (workload certificates
 //! from the CA), [`tls`] (which certificate, which peer), [`conns`] (live connections,
-//! re-authorized on policy change), [`redirect`] (nftables interception), [`admin`]
-//! (15000/15020/15021), [`metrics`], [`accesslog`].
+//! re-authorized on policy change), [`redirect`] (nftables interception and the return route
+//! of transparent connections), [`socket`] (marks, original destinations, connections from
+//! the client's address), [`admin`] (15000/15020/15021), [`metrics`], [`accesslog`],
+//! [`memory`] (freed memory given back after a load).
 //!
 //! Never: trust an identity not proven by a handshake, forward before configuration and
 //! certificates exist, or block the data path on logging.

@@ -27,7 +27,7 @@ pub async fn serve(ctx: Arc<Ctx>, listener: TcpListener, stop: watch::Receiver<b
 pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     let _ = tcp.set_nodelay(true);
-    let Ok(orig) = socket::original_dst(&tcp) else {
+    let Ok(orig) = socket::original_dst(&tcp, peer) else {
         tracing::debug!(%peer, "outbound connection without an original destination; closing");
         return;
     };
@@ -60,24 +60,8 @@ pub(crate) async fn connection(ctx: Arc<Ctx>, tcp: TcpStream, peer: SocketAddr) 
             ctx.log.log(rec);
             return;
         }
-        // An endpoint in the VIP's own family, as Kubernetes keeps one EndpointSlice per family
-        // (the workload then sees the client's address in the family it was called in).
-        let same_family = svc
-            .endpoints
-            .iter()
-            .filter(|e| e.is_ipv4() == orig.is_ipv4())
-            .count();
-        let ep = if same_family > 0 {
-            let n = rand::random_range(0..same_family);
-            svc.endpoints
-                .iter()
-                .filter(|e| e.is_ipv4() == orig.is_ipv4())
-                .nth(n)
-                .copied()
-                .unwrap_or(svc.endpoints[0])
-        } else {
-            svc.endpoints[rand::random_range(0..svc.endpoints.len())]
-        };
+        // The backend holds the endpoints of the VIP's own family (`service_from_pb`).
+        let ep = svc.endpoints[rand::random_range(0..svc.endpoints.len())];
         match snap.by_ip.get(&ep.ip()) {
             Some(w) => Some((w.clone(), ep)),
             // An endpoint outside the mesh: passed through like any non-mesh destination.

@@ -245,9 +245,6 @@ fn ip_cmd(args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// How to name the table on an `nft` command line (`nft list table inet ward`).
-pub const TABLE_ARGS: [&str; 2] = [FAMILY, TABLE];
-
 fn nft_script(script: &str) -> anyhow::Result<()> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])

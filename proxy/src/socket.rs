@@ -1,7 +1,7 @@
 //! Socket options the proxy needs: the mark that exempts its own traffic from interception,
 //! the original destination of a redirected connection, and transparent (`IP_TRANSPARENT`)
 //! connections that carry the client's own address to the workload. All go through
-//! `socket2`, so this crate needs no `unsafe`.
+//! `socket2`, so this module needs no `unsafe` (the crate's one exception is [`crate::memory`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,11 +13,12 @@ use tokio::net::TcpStream;
 /// The mark on every socket the proxy opens (1337): redirection rules return early for it.
 pub const PROXY_MARK: u32 = 0x539;
 
-/// The destination a redirected connection was originally sent to (asked in the socket's own
-/// family: IPv4 and IPv6 connections arrive on separate listeners).
-pub fn original_dst(stream: &TcpStream) -> std::io::Result<SocketAddr> {
+/// The destination a redirected connection from `peer` was originally sent to, asked in the
+/// peer's family (IPv4 and IPv6 connections arrive on separate, single-family listeners, so
+/// the accepted peer address says which — no `getsockname` per connection).
+pub fn original_dst(stream: &TcpStream, peer: SocketAddr) -> std::io::Result<SocketAddr> {
     let sock = SockRef::from(stream);
-    let orig = if stream.local_addr()?.is_ipv6() {
+    let orig = if peer.is_ipv6() {
         sock.original_dst_v6()
     } else {
         sock.original_dst_v4()

@@ -1028,6 +1028,24 @@ impl Cluster {
         (code.trim().to_owned(), body.to_owned())
     }
 
+    /// Repeats `curl` from namespace `ns` (every 200 ms, up to 10 s) until it gets HTTP `code`
+    /// (`000`: refused) — a configuration change taking effect; panics with `what` and the
+    /// last code otherwise.
+    pub fn curl_in_until(&self, ns: &str, url: &str, extra: &[&str], code: &str, what: &str) {
+        let start = Instant::now();
+        loop {
+            let (got, _) = self.curl_in(ns, url, extra);
+            if got == code {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{what} (HTTP {got}, not {code}, after 10 s)"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The requests a pod's HTTP server has received, a line each: `METHOD PATH from ADDRESS`
     /// (the client address as the workload saw it).
     pub fn seen_by(&self, pod: &str) -> String {

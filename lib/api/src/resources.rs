@@ -308,12 +308,24 @@ pub fn service_from_pb(
             endpoints.push(SocketAddr::new(ip, target));
         }
         for vip in &vips {
+            // A VIP reaches the endpoints of its own family, as Kubernetes keeps one
+            // EndpointSlice per family (so the workload sees its caller's address in the
+            // family it was called in); all of them if it has none of its own.
+            let own: Vec<SocketAddr> = endpoints
+                .iter()
+                .copied()
+                .filter(|e| e.is_ipv4() == vip.is_ipv4())
+                .collect();
             out.push((
                 SocketAddr::new(*vip, svc_port),
                 ServiceBackend {
                     namespace: s.namespace.clone(),
                     name: s.name.clone(),
-                    endpoints: endpoints.clone(),
+                    endpoints: if own.is_empty() {
+                        endpoints.clone()
+                    } else {
+                        own
+                    },
                 },
             ));
         }
@@ -389,6 +401,56 @@ mod tests {
         assert_ne!(
             Encoded::new("x", WORKLOAD, &a).version,
             Encoded::new("x", WORKLOAD, &c).version
+        );
+    }
+
+    #[test]
+    fn each_vip_is_balanced_over_endpoints_of_its_own_family() {
+        let ip = |s: &str| ip_to_bytes(s.parse().unwrap_or_else(|e| panic!("{s}: {e}")));
+        let ep = |s: &str| pb::Endpoint {
+            ip: ip(s),
+            port: 8080,
+        };
+        let both = pb::Service {
+            namespace: "shop".into(),
+            name: "web".into(),
+            vips: vec![ip("10.96.0.10"), ip("fd96::10")],
+            ports: vec![pb::ServicePort {
+                port: 80,
+                endpoints: vec![ep("10.1.0.2"), ep("fd01::2")],
+                ..Default::default()
+            }],
+        };
+        let v4_only = pb::Service {
+            vips: vec![ip("fd96::11")],
+            ports: vec![pb::ServicePort {
+                port: 80,
+                endpoints: vec![ep("10.1.0.3")],
+                ..Default::default()
+            }],
+            ..both.clone()
+        };
+        let backends = |s: &pb::Service| -> Vec<(String, Vec<String>)> {
+            service_from_pb("shop/web", s)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .into_iter()
+                .map(|(vip, b)| {
+                    let eps = b.endpoints.iter().map(ToString::to_string).collect();
+                    (vip.to_string(), eps)
+                })
+                .collect()
+        };
+        assert_eq!(
+            backends(&both),
+            vec![
+                ("10.96.0.10:80".into(), vec!["10.1.0.2:8080".into()]),
+                ("[fd96::10]:80".into(), vec!["[fd01::2]:8080".into()]),
+            ]
+        );
+        // No endpoint of the VIP's family: every endpoint, rather than none.
+        assert_eq!(
+            backends(&v4_only),
+            vec![("[fd96::11]:80".into(), vec!["10.1.0.3:8080".into()])]
         );
     }
 

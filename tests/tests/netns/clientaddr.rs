@@ -99,14 +99,8 @@ fn the_workload_sees_its_clients_own_address() {
     );
     let n1 = c.ns("n1");
     let web2 = c.pod("web-2").ip.clone();
-    let start = Instant::now();
-    while c.curl_in(&n1, &format!("http://{web2}:8080/plain"), &[]).0 != "200" {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "PERMISSIVE did not take effect"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let plain = format!("http://{web2}:8080/plain");
+    c.curl_in_until(&n1, &plain, &[], "200", "PERMISSIVE did not take effect");
     let seen = c.seen_by("web-2");
     assert!(
         seen.contains("GET /plain from 10.77.0.1\n"),

@@ -82,18 +82,13 @@ fn an_ipv6_ip_blocks_deny_holds() {
             "apiVersion: security.ward.dev/v1\nkind: AuthorizationPolicy\nmetadata: {{name: deny-v6-client, namespace: shop}}\nspec:\n  action: DENY\n  selector: {{matchLabels: {{app: web}}}}\n  rules: [{{from: [{{source: {{ipBlocks: ['{client1}/128']}}}}]}}]\n"
         ),
     );
-    let start = std::time::Instant::now();
-    loop {
-        let (code, _) = c.curl("client-1", &url, &["-g"]);
-        if code == "000" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "the IPv6 ipBlocks DENY did not take effect (HTTP {code})"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.curl_in_until(
+        &c.pod("client-1").netns.clone(),
+        &url,
+        &["-g"],
+        "000",
+        "the IPv6 ipBlocks DENY did not take effect",
+    );
     std::thread::sleep(Duration::from_millis(300));
     assert!(
         c.access_log(2).iter().any(|r| r["direction"] == "inbound"
@@ -173,16 +168,11 @@ fn plaintext_ipv6_to_a_strict_pod_is_refused() {
         "permissive.yaml",
         "apiVersion: security.ward.dev/v1\nkind: PeerAuthentication\nmetadata: {name: default, namespace: shop}\nspec: {mtls: {mode: PERMISSIVE}}\n",
     );
-    let start = std::time::Instant::now();
-    loop {
-        let (code, _) = c.curl_in(&n1, &url, &["-g"]);
-        if code == "200" {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "plaintext IPv6 stayed refused under PERMISSIVE (HTTP {code})"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    c.curl_in_until(
+        &n1,
+        &url,
+        &["-g"],
+        "200",
+        "plaintext IPv6 stayed refused under PERMISSIVE",
+    );
 }
